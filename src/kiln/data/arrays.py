@@ -41,7 +41,8 @@ class ArrayDataset:
     """Inputs and optional targets held in memory, indexed a whole batch at a time.
 
     ``x`` is one array or a tuple of arrays (a model with several inputs); ``y`` the targets or None. Batches are
-    ``(x, y)`` pairs built by slicing tensors, never by collating samples one by one.
+    ``(x, y)`` pairs built by slicing tensors, never by collating samples one by one. ``classes`` optionally names
+    the class of each integer label (file sources set it).
 
     Example:
         >>> ds = ArrayDataset(np.random.rand(100, 8), np.random.randint(0, 3, 100))
@@ -50,7 +51,14 @@ class ArrayDataset:
         (80, 20)
     """
 
-    def __init__(self, x: Any, y: Any = None, *, batch_transform: BatchTransform | None = None) -> None:
+    def __init__(
+        self,
+        x: Any,
+        y: Any = None,
+        *,
+        batch_transform: BatchTransform | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         if isinstance(x, tuple | list) and not _is_nested_numbers(x):
             inputs: Inputs = tuple(as_tensor(a, name=f"x[{i}]") for i, a in enumerate(x))
         else:
@@ -58,6 +66,7 @@ class ArrayDataset:
         self.x: Inputs = inputs
         self.y: torch.Tensor | None = None if y is None else as_tensor(y, name="y")
         self.batch_transform = batch_transform
+        self.classes: list[str] | None = None if classes is None else list(classes)
         lengths = {len(t) for t in self._tensors()}
         if len(lengths) != 1:
             shapes = ", ".join(str(tuple(t.shape)) for t in self._tensors())
@@ -90,7 +99,7 @@ class ArrayDataset:
         index = torch.as_tensor(index, dtype=torch.long)
         x = tuple(t[index] for t in self.x) if isinstance(self.x, tuple) else self.x[index]
         y = None if self.y is None else self.y[index]
-        return ArrayDataset(x, y, batch_transform=self.batch_transform)
+        return ArrayDataset(x, y, batch_transform=self.batch_transform, classes=self.classes)
 
     def split(self, fraction: float, *, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
         """Shuffle with ``seed`` and split into two datasets, the first holding ``fraction`` of the rows."""
