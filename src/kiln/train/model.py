@@ -1,0 +1,333 @@
+"""kiln.Model: wrap a plain torch.nn.Module and train, evaluate and predict with one readable loop."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.arrays import ArrayDataset, as_tensor
+from ..data.loader import Loader, make_loader
+from ..errors import ConfigError, DataError, NonFiniteLossError, ShapeError
+from .callbacks import Callback, History, overrides
+from .losses import Loss, resolve_loss
+from .metrics import MetricSet
+from .optim import resolve_optimizer
+from .precision import Precision
+from .progress import ProgressBar
+from .schedules import make_schedule
+
+__all__ = ["Model", "default_device", "seed_everything"]
+
+_HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_epoch_end", "on_fit_end")
+_FINITE_CHECK_EVERY = 32  # steps between non-finite loss checks (one stack + isfinite, not a sync every step)
+
+
+def default_device() -> torch.device:
+    """CUDA if available, then Apple MPS, then CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's (all devices') random generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _call(module: Any, x: Any) -> Any:
+    return module(*x) if isinstance(x, tuple | list) else module(x)
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    raise DataError(f"each batch must be an (inputs, targets) pair; got {type(batch).__name__}"
+                    f"{f' of length {len(batch)}' if isinstance(batch, tuple | list) else ''}.")
+
+
+class Model:
+    """A torch.nn.Module with a loss, an optimizer and metrics: ``fit``, ``evaluate``, ``predict``.
+
+    ``loss``, ``optimizer`` and ``metrics`` take names or objects: torch losses and optimizers, torchmetrics
+    metrics. The module moves to ``device`` ("auto": CUDA, then MPS, then CPU) when the Model is built.
+
+    Example:
+        >>> model = kiln.Model(net, loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
+        >>> history = model.fit(train, epochs=10, batch_size=64, validation=val)
+        >>> model.evaluate(val)
+        {'loss': 0.08, 'accuracy': 0.97}
+        >>> model.predict(x_new).argmax(-1)
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        loss: Any = None,
+        optimizer: Any = "adamw",
+        lr: float | None = None,
+        optimizer_options: dict[str, Any] | None = None,
+        metrics: Sequence[Any] | dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise ConfigError(f"Model wraps a torch.nn.Module; got {type(module).__name__}.")
+        self.device = default_device() if device == "auto" else torch.device(device)
+        self.module = module.to(self.device)
+        self.loss = None if loss is None else resolve_loss(loss)
+        self.optimizer = resolve_optimizer(optimizer, self.module.parameters(), lr=lr,
+                                           options=optimizer_options or {})
+        self.metrics = MetricSet(metrics)
+        self.history: History | None = None
+        self.fit_config: dict[str, Any] = {}
+        self.fit_status = "new"
+        self.stop_training = False
+        self.epoch = 0
+        self.global_step = 0
+        self.steps_per_epoch = 0
+        self.precision = Precision("fp32", self.device)
+        self._graph: torch.nn.Module | None = None
+
+    def __repr__(self) -> str:
+        params = sum(p.numel() for p in self.module.parameters())
+        return f"Model({type(self.module).__name__}, params={params:,}, device={self.device})"
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        data: Any,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        validation: Any = None,
+        callbacks: Sequence[Callback] = (),
+        precision: str = "fp32",
+        mode: str = "eager",
+        clip_grad_norm: float | None = None,
+        accumulate: int = 1,
+        lr_schedule: Any = None,
+        seed: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        num_workers: int | None = None,
+        verbose: int | str = "auto",
+    ) -> History:
+        """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
+
+        ``data`` is an ArrayDataset, an ``(x, y)`` tuple of arrays, a torch Dataset of ``(x, y)`` items or an
+        iterable of ``(x, y)`` batches. ``batch_size`` is per process (per rank under torchrun). ``precision`` is
+        "fp32", "bf16" or "fp16" (with loss scaling); ``mode="graph"`` trains through ``torch.compile``.
+        ``accumulate`` sums gradients over that many batches per optimizer step; ``clip_grad_norm`` clips the
+        global gradient norm. ``lr_schedule`` is a kind name, a ``kiln.LRSchedule`` or a torch scheduler.
+        ``verbose``: "auto" (a live bar on a terminal, a line per epoch otherwise), 1, or 0 for silence.
+
+        Example:
+            >>> history = model.fit(train, epochs=10, batch_size=64, validation=val, lr_schedule="cosine", seed=0)
+        """
+        if self.loss is None:
+            raise ConfigError("fit needs a loss: build the Model with loss='cross_entropy' (or another name, "
+                              "a torch loss module or a function).")
+        for name, value in (("epochs", epochs), ("accumulate", accumulate)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}.")
+        if mode not in ("eager", "graph"):
+            raise ConfigError(f"mode must be 'eager' or 'graph' (torch.compile), got {mode!r}.")
+        if clip_grad_norm is not None and not clip_grad_norm > 0:
+            raise ConfigError(f"clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}.")
+        if seed is not None:
+            seed_everything(seed)
+        data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        loader = make_loader(data, batch_size, shuffle=shuffle, seed=data_seed, drop_last=drop_last,
+                             num_workers=num_workers, pin_memory=self.device.type == "cuda")
+        val_loader = None if validation is None else self._eval_loader(validation, batch_size)
+        self.precision = Precision(precision, self.device)
+        self.steps_per_epoch = len(loader)
+        optimizer_steps = -(-self.steps_per_epoch // accumulate) * epochs
+        schedule = make_schedule(lr_schedule, self.optimizer, total_steps=optimizer_steps,
+                                 steps_per_epoch=max(self.steps_per_epoch // accumulate, 1))
+        self.fit_config = {
+            "epochs": epochs, "batch_size": batch_size, "optimizer": type(self.optimizer).__name__,
+            "lr": self.optimizer.param_groups[0]["lr"], "precision": self.precision.name, "mode": mode,
+            "clip_grad_norm": clip_grad_norm, "accumulate": accumulate, "seed": seed,
+            "lr_schedule": repr(lr_schedule) if lr_schedule is not None else None, "device": str(self.device),
+        }
+        self.history = History()
+        show = verbose == "auto" or bool(verbose)
+        all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
+        hooks = {name: [cb for cb in all_callbacks if overrides(cb, name)] for name in _HOOKS}
+        forward = self._graph_module() if mode == "graph" else self.module
+        self.stop_training, self.fit_status, self.epoch, self.global_step = False, "running", 0, 0
+        try:
+            for callback in hooks["on_fit_start"]:
+                callback.on_fit_start(self)
+            for epoch in range(epochs):
+                self.epoch = epoch
+                for callback in hooks["on_epoch_start"]:
+                    callback.on_epoch_start(self, epoch)
+                logs = {"loss": self._train_epoch(loader, forward, epoch, hooks["on_train_batch_end"],
+                                                  clip_grad_norm, accumulate, schedule)}
+                if val_loader is not None:
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
+                if schedule is not None:
+                    schedule.epoch_end(logs)
+                logs["lr"] = self.optimizer.param_groups[0]["lr"]
+                for callback in hooks["on_epoch_end"]:
+                    callback.on_epoch_end(self, epoch, logs)
+                if self.stop_training:
+                    break
+            self.fit_status = "finished"
+        except KeyboardInterrupt:
+            self.fit_status = "killed"
+            raise
+        except BaseException:
+            self.fit_status = "failed"
+            raise
+        finally:
+            for callback in hooks["on_fit_end"]:
+                callback.on_fit_end(self)
+        return self.history
+
+    def _train_epoch(self, loader: Loader, forward: Any, epoch: int, batch_hooks: list[Callback],
+                     clip_grad_norm: float | None, accumulate: int, schedule: Any) -> float:
+        module, optimizer, loss_fn, precision = self.module, self.optimizer, self.loss, self.precision
+        assert loss_fn is not None
+        move = self.device.type != "cpu"
+        autocast = precision.autocast
+        module.train()
+        losses: list[torch.Tensor] = []
+        last = len(loader) - 1
+        for i, batch in enumerate(loader.epoch(epoch)):
+            x, y = _split_batch(batch)
+            if move:
+                x, y = self._to_device(x), self._to_device(y)
+            with autocast():
+                output = _call(forward, x)
+                loss = loss_fn(output, y)
+            precision.backward(loss / accumulate if accumulate > 1 else loss)
+            if accumulate == 1 or (i + 1) % accumulate == 0 or i == last:
+                if clip_grad_norm is not None:
+                    precision.unscale(optimizer)
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
+                precision.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                if schedule is not None:
+                    schedule.step()
+            detached = loss.detach()
+            losses.append(detached)
+            if len(losses) % _FINITE_CHECK_EVERY == 0:
+                self._check_finite(losses, epoch)
+            for callback in batch_hooks:
+                callback.on_train_batch_end(self, self.global_step, detached)
+        if not losses:
+            raise DataError(f"epoch {epoch} produced no batches: the training data is empty.")
+        self._check_finite(losses, epoch)
+        return float(torch.stack(losses).float().mean())
+
+    def _check_finite(self, losses: list[torch.Tensor], epoch: int) -> None:
+        recent = torch.stack(losses[-_FINITE_CHECK_EVERY:])
+        finite = torch.isfinite(recent)
+        if bool(finite.all()):
+            return
+        batch = len(losses) - len(recent) + int((~finite).nonzero()[0, 0])
+        value = float(losses[batch])
+        raise NonFiniteLossError(
+            f"the loss became {value} at epoch {epoch}, batch {batch} (around optimizer step {self.global_step}). "
+            "Lower the learning rate, set clip_grad_norm (e.g. 1.0), or check that batch's inputs for NaN/Inf."
+        )
+
+    def _to_device(self, value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(self.device, non_blocking=True)
+        if isinstance(value, tuple | list):
+            return type(value)(self._to_device(v) for v in value)
+        return value
+
+    def _graph_module(self) -> Any:
+        if self._graph is None:
+            self._graph = torch.compile(self.module)
+        return self._graph
+
+    # ------------------------------------------------------------------ inference
+    def _eval_loader(self, data: Any, batch_size: int) -> Loader:
+        return make_loader(data, batch_size, shuffle=False, num_workers=None,
+                           pin_memory=self.device.type == "cuda")
+
+    def evaluate(self, data: Any, *, batch_size: int = 256) -> dict[str, float]:
+        """Loss and metrics over ``data`` (same forms as ``fit``), in eval mode without gradients.
+
+        Example:
+            >>> model.evaluate(test)
+            {'loss': 0.081, 'accuracy': 0.975}
+        """
+        return self._evaluate(self._eval_loader(data, batch_size))
+
+    @torch.inference_mode()
+    def _evaluate(self, loader: Loader) -> dict[str, float]:
+        self.module.eval()
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        for batch in loader.epoch(0):
+            x, y = _split_batch(batch)
+            x, y = self._to_device(x), self._to_device(y)
+            with self.precision.autocast():
+                output = _call(self.module, x)
+            if y is None:
+                raise DataError("evaluate needs targets: the data has inputs only. Use predict for inputs alone.")
+            n = len(y)
+            if self.loss is not None:
+                total += self.loss(output, y).double() * n
+            if self.metrics:
+                self.metrics.update(output, y)
+            count += n
+        results = {"loss": float(total) / max(count, 1)} if self.loss is not None else {}
+        results.update(self.metrics.compute())
+        return results
+
+    @torch.inference_mode()
+    def predict(self, data: Any, *, batch_size: int = 256) -> Any:
+        """Model outputs for ``data`` (a tensor, numpy array, dataset or batches), concatenated on the CPU.
+
+        Example:
+            >>> probabilities = model.predict(x_test).softmax(-1)   # (N, C)
+        """
+        if isinstance(data, torch.Tensor | np.ndarray):
+            data = ArrayDataset(as_tensor(data, name="x"))
+        loader = self._eval_loader(data, batch_size)
+        self.module.eval()
+        outputs: list[Any] = []
+        for batch in loader.epoch(0):
+            x, _ = _split_batch(batch)
+            with self.precision.autocast():
+                outputs.append(_call(self.module, self._to_device(x)))
+        if not outputs:
+            raise DataError("predict got no data.")
+        if isinstance(outputs[0], torch.Tensor):
+            return torch.cat([o.float().cpu() if o.is_floating_point() else o.cpu() for o in outputs])
+        if isinstance(outputs[0], tuple | list):
+            return type(outputs[0])(torch.cat([o[i].cpu() for o in outputs]) for i in range(len(outputs[0])))
+        raise ShapeError(f"predict cannot concatenate model outputs of type {type(outputs[0]).__name__}.")
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "precision": self.precision.state_dict(), "epoch": self.epoch, "global_step": self.global_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.precision.load_state_dict(state["precision"])
+        self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
+
+
+__all__ += ["Loss"]
