@@ -79,10 +79,16 @@ class ScheduleRunner:
 
     def _apply(self) -> None:
         factor = self.multiplier(self.step_count)
+        s = self.schedule
+        decaying = self.step_count >= s.warmup_steps and s.kind in ("cosine", "linear")
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            min_lr = self.schedule.min_lr
-            group["lr"] = min_lr + (base - min_lr) * factor if self.schedule.kind in ("cosine", "linear") else max(
-                base * factor, min_lr)
+            # Warmup ramps from ~0 to the base lr; cosine/linear then decay to min_lr; the others floor at min_lr.
+            if self.step_count < s.warmup_steps:
+                group["lr"] = base * factor
+            elif decaying:
+                group["lr"] = s.min_lr + (base - s.min_lr) * factor
+            else:
+                group["lr"] = max(base * factor, s.min_lr)
 
     def step(self) -> None:
         self.step_count += 1
