@@ -11,8 +11,10 @@ __all__ = [
     "ConfigError",
     "DataError",
     "IntegrityError",
+    "InvalidNameError",
     "KilnError",
     "NonFiniteLossError",
+    "NotFoundError",
     "ShapeError",
     "StoreError",
 ]
@@ -48,3 +50,11 @@ class StoreError(KilnError):
 
 class IntegrityError(StoreError):
     """Stored bytes do not match their recorded SHA-256, or a file holds content kiln refuses to load (pickle)."""
+
+
+class InvalidNameError(StoreError, ValueError):
+    """A model name, alias, reference or file name does not match kiln's strict pattern (checked before any I/O)."""
+
+
+class NotFoundError(StoreError, LookupError):
+    """A model, version, alias or run that the store does not hold."""
