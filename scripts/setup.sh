@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set kiln up in ./.venv on a fresh machine: the CPU build of torch first (unless the venv already has a torch),
+# then kiln itself, editable, with the extras named in $1 (default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-all}"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+if [ ! -x .venv/bin/python ]; then
+  echo "kiln setup: creating .venv"
+  "${PYTHON:-python3}" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  # A plain `torch` requirement would pull the CUDA build and several GB of CUDA packages; 2.13.0 is the CPU wheel.
+  echo "kiln setup: installing torch==2.13.0 (CPU)"
+  .venv/bin/pip install --quiet "torch==2.13.0"
+fi
+echo "kiln setup: installing kiln[$extras]"
+.venv/bin/pip install --quiet -e ".[$extras]"
