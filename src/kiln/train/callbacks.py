@@ -23,7 +23,8 @@ class Callback:
 
         on_fit_start(model)                      once, after the loop is set up (model.epochs, model.steps_per_epoch)
         on_epoch_start(model, epoch)             epoch counts from 0
-        on_train_batch_end(model, step, loss)    step counts optimizer steps from 0; loss is a detached tensor
+        on_before_optimizer_step(model, step)    gradients are ready (unscaled, clipped); step = optimizer steps so far
+        on_train_batch_end(model, step, loss)    after every batch; step counts optimizer steps done; loss detached
         on_epoch_end(model, epoch, logs)         logs: {"loss": ..., "val_loss": ..., "val_accuracy": ..., "lr": ...}
         on_fit_end(model)                        always, also when fit stops early or raises
 
@@ -40,6 +41,9 @@ class Callback:
         pass
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
+        pass
+
+    def on_before_optimizer_step(self, model: Model, step: int) -> None:
         pass
 
     def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:

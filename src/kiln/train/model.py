@@ -22,7 +22,8 @@ from .schedules import make_schedule
 
 __all__ = ["Model", "default_device", "seed_everything"]
 
-_HOOKS = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_epoch_end", "on_fit_end")
+_HOOKS = ("on_fit_start", "on_epoch_start", "on_before_optimizer_step", "on_train_batch_end", "on_epoch_end",
+          "on_fit_end")
 _FINITE_CHECK_EVERY = 32  # steps between non-finite loss checks (one stack + isfinite, not a sync every step)
 
 
@@ -97,6 +98,7 @@ class Model:
         self.global_step = 0
         self.steps_per_epoch = 0
         self.precision = Precision("fp32", self.device)
+        self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
         self._graph: torch.nn.Module | None = None
 
     def __repr__(self) -> str:
@@ -175,8 +177,8 @@ class Model:
                 self.epoch = epoch
                 for callback in hooks["on_epoch_start"]:
                     callback.on_epoch_start(self, epoch)
-                logs = {"loss": self._train_epoch(loader, forward, epoch, hooks["on_train_batch_end"],
-                                                  clip_grad_norm, accumulate, schedule)}
+                logs = {"loss": self._train_epoch(loader, forward, epoch, hooks, clip_grad_norm, accumulate,
+                                                  schedule)}
                 if val_loader is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
                 if schedule is not None:
@@ -198,12 +200,13 @@ class Model:
                 callback.on_fit_end(self)
         return self.history
 
-    def _train_epoch(self, loader: Loader, forward: Any, epoch: int, batch_hooks: list[Callback],
+    def _train_epoch(self, loader: Loader, forward: Any, epoch: int, hooks: dict[str, list[Callback]],
                      clip_grad_norm: float | None, accumulate: int, schedule: Any) -> float:
         module, optimizer, loss_fn, precision = self.module, self.optimizer, self.loss, self.precision
         assert loss_fn is not None
         move = self.device.type != "cpu"
         autocast = precision.autocast
+        batch_hooks, step_hooks = hooks["on_train_batch_end"], hooks["on_before_optimizer_step"]
         module.train()
         losses: list[torch.Tensor] = []
         last = len(loader) - 1
@@ -216,9 +219,12 @@ class Model:
                 loss = loss_fn(output, y)
             precision.backward(loss / accumulate if accumulate > 1 else loss)
             if accumulate == 1 or (i + 1) % accumulate == 0 or i == last:
-                if clip_grad_norm is not None:
+                if clip_grad_norm is not None or step_hooks:
                     precision.unscale(optimizer)
+                if clip_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
+                for callback in step_hooks:
+                    callback.on_before_optimizer_step(self, self.global_step)
                 precision.step(optimizer)
                 optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1
@@ -260,6 +266,11 @@ class Model:
         return self._graph
 
     # ------------------------------------------------------------------ inference
+    @property
+    def inference_module(self) -> torch.nn.Module:
+        """The module evaluate, predict and export run: the averaged weights when EMA/SWA is on."""
+        return self.averaged if self.averaged is not None else self.module
+
     def _eval_loader(self, data: Any, batch_size: int) -> Loader:
         return make_loader(data, batch_size, shuffle=False, num_workers=None,
                            pin_memory=self.device.type == "cuda")
@@ -275,13 +286,14 @@ class Model:
 
     @torch.inference_mode()
     def _evaluate(self, loader: Loader) -> dict[str, float]:
-        self.module.eval()
+        module = self.inference_module
+        module.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in loader.epoch(0):
             x, y = _split_batch(batch)
             x, y = self._to_device(x), self._to_device(y)
             with self.precision.autocast():
-                output = _call(self.module, x)
+                output = _call(module, x)
             if y is None:
                 raise DataError("evaluate needs targets: the data has inputs only. Use predict for inputs alone.")
             n = len(y)
@@ -304,12 +316,13 @@ class Model:
         if isinstance(data, torch.Tensor | np.ndarray):
             data = ArrayDataset(as_tensor(data, name="x"))
         loader = self._eval_loader(data, batch_size)
-        self.module.eval()
+        module = self.inference_module
+        module.eval()
         outputs: list[Any] = []
         for batch in loader.epoch(0):
             x, _ = _split_batch(batch)
             with self.precision.autocast():
-                outputs.append(_call(self.module, self._to_device(x)))
+                outputs.append(_call(module, self._to_device(x)))
         if not outputs:
             raise DataError("predict got no data.")
         if isinstance(outputs[0], torch.Tensor):
