@@ -7,6 +7,9 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from kiln.data import ArrayDataset
 
 
 def write_png(path: Path, color: tuple[int, int, int], size: tuple[int, int] = (6, 5)) -> Path:
@@ -43,3 +46,15 @@ def write_wav(path: Path, samples: np.ndarray, rate: int, width: int = 2) -> Pat
         file.setframerate(rate)
         file.writeframes(data)
     return path
+
+
+def inputs(dataset: ArrayDataset) -> torch.Tensor:
+    """The single input tensor of an ArrayDataset (narrowed for type checkers)."""
+    assert isinstance(dataset.x, torch.Tensor)
+    return dataset.x
+
+
+def targets(dataset: ArrayDataset) -> torch.Tensor:
+    """The targets of an ArrayDataset that has them."""
+    assert dataset.y is not None
+    return dataset.y

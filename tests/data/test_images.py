@@ -9,7 +9,7 @@ import torch
 from kiln.data import ArrayDataset, BatchLoader, DatasetLoader, ImageFolder, Normalize, make_loader
 from kiln.errors import ConfigError, DataError
 
-from .files import write_png
+from .files import inputs, targets, write_png
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -70,10 +70,10 @@ def test_to_memory_matches_the_files_and_uses_the_batch_loader(folder: Path) -> 
     dataset = ImageFolder(folder, size=5)
     memory = dataset.to_memory()
     assert isinstance(memory, ArrayDataset) and memory.classes == ["blue", "red"]
-    assert memory.x.shape == (6, 3, 5, 5)  # type: ignore[union-attr]
+    assert inputs(memory).shape == (6, 3, 5, 5)
     for i in range(len(dataset)):
         x, y = dataset[i]
-        assert torch.equal(memory.x[i], x) and memory.y is not None and int(memory.y[i]) == y  # type: ignore[index]
+        assert torch.equal(inputs(memory)[i], x) and int(targets(memory)[i]) == y
     assert isinstance(make_loader(memory, 3, shuffle=True), BatchLoader)
 
 

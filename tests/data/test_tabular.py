@@ -6,6 +6,8 @@ import torch
 from kiln.data import ArrayDataset, make_loader, read_csv
 from kiln.errors import ConfigError, DataError
 
+from .files import inputs
+
 IRIS = """sepal_length,sepal_width,species
 5.1,3.5,setosa
 7.0,3.2,versicolor
@@ -25,7 +27,7 @@ def test_header_and_string_labels_round_trip_through_the_loader(tmp_path: Path) 
     dataset = read_csv(write(tmp_path, IRIS), label="species")
     assert isinstance(dataset, ArrayDataset)
     assert dataset.classes == ["setosa", "versicolor", "virginica"]
-    assert dataset.x.dtype == torch.float32 and dataset.x.shape == (5, 2)  # type: ignore[union-attr]
+    assert inputs(dataset).dtype == torch.float32 and inputs(dataset).shape == (5, 2)
     assert dataset.y is not None and dataset.y.tolist() == [0, 1, 2, 0, 1]
     batches = list(make_loader(dataset, 2, shuffle=True, seed=0).epoch(0))
     assert [tuple(x.shape) for x, _ in batches] == [(2, 2), (2, 2), (1, 2)]
@@ -35,7 +37,7 @@ def test_header_and_string_labels_round_trip_through_the_loader(tmp_path: Path) 
 
 def test_headerless_file_with_integer_labels_in_the_last_column(tmp_path: Path) -> None:
     dataset = read_csv(write(tmp_path, "0.5,1,7\n1.5,2,3\n2.5,3,-1\n"))
-    assert dataset.x.tolist() == [[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]  # type: ignore[union-attr]
+    assert inputs(dataset).tolist() == [[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]
     assert dataset.y is not None and dataset.y.dtype == torch.int64 and dataset.y.tolist() == [7, 3, -1]
     assert dataset.classes is None
 
@@ -49,12 +51,12 @@ def test_features_by_name_and_index_and_a_semicolon_delimiter(tmp_path: Path) ->
     path = write(tmp_path, "a;b;c;label\n1;2;3;x\n4;5;6;y\n")
     by_name = read_csv(path, label="label", features=["c", "a"], delimiter=";")
     by_index = read_csv(path, label=-1, features=[2, 0], delimiter=";", header=True)
-    assert by_name.x.tolist() == by_index.x.tolist() == [[3.0, 1.0], [6.0, 4.0]]  # type: ignore[union-attr]
+    assert inputs(by_name).tolist() == inputs(by_index).tolist() == [[3.0, 1.0], [6.0, 4.0]]
 
 
 def test_label_none_reads_features_only_and_a_byte_order_mark_is_dropped(tmp_path: Path) -> None:
     dataset = read_csv(write(tmp_path, "a,b\n1,2\n\n3,4\n", encoding="utf-8-sig"), label=None, features=["a", "b"])
-    assert dataset.y is None and dataset.x.shape == (2, 2)  # type: ignore[union-attr]
+    assert dataset.y is None and inputs(dataset).shape == (2, 2)
 
 
 def test_non_numeric_feature_names_the_file_line_and_column(tmp_path: Path) -> None:
