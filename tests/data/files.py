@@ -30,7 +30,7 @@ def sine(frequency: float, rate: int, seconds: float = 1.0, amplitude: float = 0
 def write_wav(path: Path, samples: np.ndarray, rate: int, width: int = 2) -> Path:
     """Write float samples in [-1, 1], (T,) or (T, channels), as ``width``-byte integer PCM."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = samples.reshape(len(samples), -1)
+    frames = samples if samples.ndim == 2 else samples[:, None]  # (T, channels)
     if width == 1:
         data = np.round(frames * 127 + 128).astype(np.uint8).tobytes()
     elif width == 2:

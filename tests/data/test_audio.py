@@ -84,6 +84,7 @@ def test_resample_keeps_leading_dimensions_and_dc() -> None:
     out = resample(torch.ones(2, 3, 1000), 48000, 16000)
     assert out.shape == (2, 3, 334)
     torch.testing.assert_close(out[..., 20:-20], torch.ones(2, 3, 294), atol=1e-3, rtol=0)
+    assert resample(torch.ones(2, 0), 8000, 16000).shape == (2, 0)
     with pytest.raises(ConfigError, match="orig_rate"):
         resample(torch.ones(10), 0, 16000)
 
@@ -138,9 +139,11 @@ def test_audio_folder_log_mel_batches_and_batch_transform(audio_root: Path) -> N
     assert 0.4 < float((x - clean).std()) < 0.6  # noise added to the batch, after collate
 
 
-def test_audio_folder_to_memory(audio_root: Path) -> None:
+def test_audio_folder_to_memory_and_empty_files(audio_root: Path) -> None:
+    write_wav(audio_root / "low" / "silent.wav", np.zeros((0, 2)), 8000)  # no frames: all padding
     memory = AudioFolder(audio_root, duration=0.25).to_memory()
-    assert isinstance(memory, ArrayDataset) and inputs(memory).shape == (4, 1, 4000)
+    assert isinstance(memory, ArrayDataset) and inputs(memory).shape == (5, 1, 4000)
+    assert bool((inputs(memory)[-1] == 0).all())
     assert memory.classes == ["high", "low"]
 
 

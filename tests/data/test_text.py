@@ -47,6 +47,13 @@ def test_encode_decode_round_trip(tokenizer: str, text: str, decoded: str) -> No
     assert vocab.decode(torch.tensor([*ids, 0, 0])) == decoded  # padding is dropped
 
 
+def test_encode_batch_truncates_and_pads_and_tokens_can_be_given() -> None:
+    vocab = Vocabulary(["x", "y", "x"], tokenizer="char")
+    assert vocab.tokens == ["<pad>", "<unk>", "x", "y"]
+    batch = vocab.encode_batch(["xyzx", "y"], max_length=3)
+    assert batch.dtype == torch.int64 and batch.tolist() == [[2, 3, 1], [3, 0, 0]]
+
+
 def test_state_dict_is_json_and_restores_the_same_ids() -> None:
     vocab = Vocabulary.build(["the cat sat", "the dog"], tokenizer="char")
     restored = Vocabulary().load_state_dict(json.loads(json.dumps(vocab.state_dict())))

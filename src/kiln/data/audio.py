@@ -96,6 +96,8 @@ def resample(
         return waveform
     length = waveform.shape[-1]
     out_length = math.ceil(length * new_rate / orig_rate)
+    if length == 0:
+        return waveform.new_zeros(*waveform.shape[:-1], 0, dtype=torch.float32)
     x = waveform.reshape(-1, length).float()  # (C, T)
     cutoff = 0.5 * min(1.0, new_rate / orig_rate) * rolloff  # cycles per input sample
     half_width = zero_crossings / (2.0 * cutoff)  # in input samples
