@@ -67,6 +67,11 @@ def test_non_numeric_feature_names_the_file_line_and_column(tmp_path: Path) -> N
     assert str(path) in message and "line 4" in message and "'sepal_width'" in message and "'n/a'" in message
 
 
+def test_an_undetected_header_gets_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"line 1, column 0: 'colour'.*pass header=True"):
+        read_csv(write(tmp_path, "colour,label\nred,a\n"))
+
+
 def test_ragged_row_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"line 3: expected 3 columns.*found 2"):
         read_csv(write(tmp_path, "a,b,y\n1,2,0\n3,1\n"))

@@ -153,10 +153,11 @@ def _features(
         except ValueError:
             bad = next(j for j in index if not _is_number(row[j]))
             column = f"column {bad}" + (f" ({names[bad]!r})" if names is not None else "")
+            hint = " If this line is a header row, pass header=True." if i == 0 and names is None else ""
             raise DataError(
                 f"{os.fspath(path)}, line {lines[i]}, {column}: {row[bad]!r} is not a number. Feature columns must "
                 "be numeric: encode categories as numbers, fill or drop missing values, or leave the column out "
-                "with features=[...]."
+                f"with features=[...].{hint}"
             ) from None
     return x
 
