@@ -103,12 +103,12 @@ def resample(
     half_width = zero_crossings / (2.0 * cutoff)  # in input samples
     reach = _reach(orig_rate, new_rate, zero_crossings=zero_crossings, rolloff=rolloff)
     x = torch.nn.functional.pad(x, (reach, reach + 1))  # zeros beyond both ends
-    offsets = torch.arange(-reach, reach + 1)  # (K,)
+    offsets = torch.arange(-reach, reach + 1, device=x.device)  # (K,)
     out = x.new_empty(x.shape[0], out_length)
     step = orig_rate / new_rate  # input samples per output sample
     chunk = 8192  # bounds the (C, N, K) gather below to a few MB
     for start in range(0, out_length, chunk):
-        times = torch.arange(start, min(start + chunk, out_length), dtype=torch.float64) * step  # (N,)
+        times = torch.arange(start, min(start + chunk, out_length), dtype=torch.float64, device=x.device) * step  # (N,)
         index = times.floor().long()[:, None] + offsets  # (N, K) input sample indices
         distance = (times[:, None] - index).float()  # (N, K)
         window = torch.cos(distance * (math.pi / (2 * half_width))).square() * (distance.abs() < half_width)
