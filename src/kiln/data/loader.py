@@ -148,6 +148,9 @@ class DatasetLoader:
         workers = default_workers() if num_workers is None else num_workers
         collate = collate_fn or getattr(dataset, "collate_fn", None)
         self.batch_transform = getattr(dataset, "batch_transform", None)
+        # The DataLoader draws its worker base seed from this generator, not from torch's global RNG, so creating an
+        # iterator (at an epoch's start, or mid-epoch on resume) never shifts the RNG stream that dropout uses.
+        self.generator = torch.Generator()
         self.loader: DataLoader[Any] = DataLoader(
             dataset,
             batch_sampler=self.sampler,
@@ -155,6 +158,7 @@ class DatasetLoader:
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,
+            generator=self.generator,
         )
 
     def __len__(self) -> int:
@@ -162,6 +166,7 @@ class DatasetLoader:
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         self.sampler.epoch, self.sampler.start = epoch, start
+        self.generator.manual_seed((self.sampler.plan.seed * 1_000_003 + epoch) % (2**63))
         transform = self.batch_transform
         for batch in self.loader:
             if transform is not None:

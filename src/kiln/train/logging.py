@@ -64,7 +64,8 @@ class ModelCheckpoint(Callback):
     it improves.
 
     Example:
-        >>> model.fit(train, epochs=20, validation=val, callbacks=[ModelCheckpoint("checkpoints", monitor="val_accuracy")])
+        >>> best = ModelCheckpoint("checkpoints", monitor="val_accuracy")
+        >>> model.fit(train, epochs=20, validation=val, callbacks=[best])
     """
 
     def __init__(self, directory: str | Path, *, monitor: str = "val_loss", mode: str = "auto",

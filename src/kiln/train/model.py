@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,10 @@ import torch
 
 from ..data.arrays import ArrayDataset, as_tensor
 from ..data.loader import Loader, make_loader
-from ..errors import ConfigError, DataError, NonFiniteLossError, ShapeError
-from .callbacks import Callback, History, overrides
-from .losses import Loss, resolve_loss
+from ..errors import ConfigError, DataError, ShapeError
+from .callbacks import Callback, History
+from .loop import FitLoop, FitOptions, call, split_batch
+from .losses import resolve_loss
 from .metrics import MetricSet
 from .optim import resolve_optimizer
 from .precision import Precision
@@ -22,9 +24,6 @@ from .schedules import make_schedule
 
 __all__ = ["Model", "default_device", "seed_everything"]
 
-_HOOKS = ("on_fit_start", "on_epoch_start", "on_before_optimizer_step", "on_train_batch_end", "on_epoch_end",
-          "on_fit_end")
-_FINITE_CHECK_EVERY = 32  # steps between non-finite loss checks (one stack + isfinite, not a sync every step)
 
 
 def default_device() -> torch.device:
@@ -42,19 +41,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _call(module: Any, x: Any) -> Any:
-    return module(*x) if isinstance(x, tuple | list) else module(x)
-
-
-def _split_batch(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, tuple | list) and len(batch) == 2:
-        return batch[0], batch[1]
-    if isinstance(batch, torch.Tensor):
-        return batch, None
-    raise DataError(f"each batch must be an (inputs, targets) pair; got {type(batch).__name__}"
-                    f"{f' of length {len(batch)}' if isinstance(batch, tuple | list) else ''}.")
 
 
 class Model:
@@ -123,6 +109,11 @@ class Model:
         shuffle: bool = True,
         drop_last: bool = False,
         num_workers: int | None = None,
+        on_nonfinite: str = "stop",
+        checkpoint: str | Path | None = None,
+        checkpoint_every: int | str = "epoch",
+        keep_checkpoints: int = 3,
+        resume: str | Path | None = None,
         verbose: int | str = "auto",
     ) -> History:
         """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
@@ -132,10 +123,16 @@ class Model:
         "fp32", "bf16" or "fp16" (with loss scaling); ``mode="graph"`` trains through ``torch.compile``.
         ``accumulate`` sums gradients over that many batches per optimizer step; ``clip_grad_norm`` clips the
         global gradient norm. ``lr_schedule`` is a kind name, a ``kiln.LRSchedule`` or a torch scheduler.
-        ``verbose``: "auto" (a live bar on a terminal, a line per epoch otherwise), 1, or 0 for silence.
+        ``on_nonfinite``: "stop" raises NonFiniteLossError naming the epoch and batch; "skip" drops such batches.
+        ``checkpoint`` is a directory for exact-resume checkpoints, written every ``checkpoint_every`` optimizer
+        steps (or at each epoch's end with "epoch"), keeping the newest ``keep_checkpoints``. ``resume`` is a
+        checkpoint file or "latest" (the newest in ``checkpoint``; none there yet means a fresh start), so the same
+        script both starts and continues a run. ``verbose``: "auto" (a live bar on a terminal, a line per epoch
+        otherwise), 1, or 0 for silence.
 
         Example:
             >>> history = model.fit(train, epochs=10, batch_size=64, validation=val, lr_schedule="cosine", seed=0)
+            >>> model.fit(train, epochs=10, checkpoint="ckpt", checkpoint_every=100, resume="latest")
         """
         if self.loss is None:
             raise ConfigError("fit needs a loss: build the Model with loss='cross_entropy' (or another name, "
@@ -147,6 +144,13 @@ class Model:
             raise ConfigError(f"mode must be 'eager' or 'graph' (torch.compile), got {mode!r}.")
         if clip_grad_norm is not None and not clip_grad_norm > 0:
             raise ConfigError(f"clip_grad_norm must be a positive number or None, got {clip_grad_norm!r}.")
+        if on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
+        if checkpoint_every != "epoch" and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
+            raise ConfigError(f"checkpoint_every must be 'epoch' or a positive number of steps, got "
+                              f"{checkpoint_every!r}.")
+        if resume is not None and resume != "latest" and checkpoint is None:
+            checkpoint = Path(resume).parent
         if seed is not None:
             seed_everything(seed)
         data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
@@ -167,91 +171,19 @@ class Model:
         self.history = History()
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
-        hooks = {name: [cb for cb in all_callbacks if overrides(cb, name)] for name in _HOOKS}
         forward = self._graph_module() if mode == "graph" else self.module
-        self.stop_training, self.fit_status, self.epoch, self.global_step = False, "running", 0, 0
-        try:
-            for callback in hooks["on_fit_start"]:
-                callback.on_fit_start(self)
-            for epoch in range(epochs):
-                self.epoch = epoch
-                for callback in hooks["on_epoch_start"]:
-                    callback.on_epoch_start(self, epoch)
-                logs = {"loss": self._train_epoch(loader, forward, epoch, hooks, clip_grad_norm, accumulate,
-                                                  schedule)}
-                if val_loader is not None:
-                    logs.update({f"val_{k}": v for k, v in self._evaluate(val_loader).items()})
-                if schedule is not None:
-                    schedule.epoch_end(logs)
-                logs["lr"] = self.optimizer.param_groups[0]["lr"]
-                for callback in hooks["on_epoch_end"]:
-                    callback.on_epoch_end(self, epoch, logs)
-                if self.stop_training:
-                    break
-            self.fit_status = "finished"
-        except KeyboardInterrupt:
-            self.fit_status = "killed"
-            raise
-        except BaseException:
-            self.fit_status = "failed"
-            raise
-        finally:
-            for callback in hooks["on_fit_end"]:
-                callback.on_fit_end(self)
-        return self.history
-
-    def _train_epoch(self, loader: Loader, forward: Any, epoch: int, hooks: dict[str, list[Callback]],
-                     clip_grad_norm: float | None, accumulate: int, schedule: Any) -> float:
-        module, optimizer, loss_fn, precision = self.module, self.optimizer, self.loss, self.precision
-        assert loss_fn is not None
-        move = self.device.type != "cpu"
-        autocast = precision.autocast
-        batch_hooks, step_hooks = hooks["on_train_batch_end"], hooks["on_before_optimizer_step"]
-        module.train()
-        losses: list[torch.Tensor] = []
-        last = len(loader) - 1
-        for i, batch in enumerate(loader.epoch(epoch)):
-            x, y = _split_batch(batch)
-            if move:
-                x, y = self._to_device(x), self._to_device(y)
-            with autocast():
-                output = _call(forward, x)
-                loss = loss_fn(output, y)
-            precision.backward(loss / accumulate if accumulate > 1 else loss)
-            if accumulate == 1 or (i + 1) % accumulate == 0 or i == last:
-                if clip_grad_norm is not None or step_hooks:
-                    precision.unscale(optimizer)
-                if clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(module.parameters(), clip_grad_norm)
-                for callback in step_hooks:
-                    callback.on_before_optimizer_step(self, self.global_step)
-                precision.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
-                if schedule is not None:
-                    schedule.step()
-            detached = loss.detach()
-            losses.append(detached)
-            if len(losses) % _FINITE_CHECK_EVERY == 0:
-                self._check_finite(losses, epoch)
-            for callback in batch_hooks:
-                callback.on_train_batch_end(self, self.global_step, detached)
-        if not losses:
-            raise DataError(f"epoch {epoch} produced no batches: the training data is empty.")
-        self._check_finite(losses, epoch)
-        return float(torch.stack(losses).float().mean())
-
-    def _check_finite(self, losses: list[torch.Tensor], epoch: int) -> None:
-        recent = torch.stack(losses[-_FINITE_CHECK_EVERY:])
-        finite = torch.isfinite(recent)
-        if bool(finite.all()):
-            return
-        batch = len(losses) - len(recent) + int((~finite).nonzero()[0, 0])
-        value = float(losses[batch])
-        raise NonFiniteLossError(
-            f"the loss became {value} at epoch {epoch}, batch {batch} (around optimizer step {self.global_step}). "
-            "Lower the learning rate, set clip_grad_norm (e.g. 1.0), or check that batch's inputs for NaN/Inf."
+        options = FitOptions(
+            epochs=epochs, batch_size=batch_size, clip_grad_norm=clip_grad_norm, accumulate=accumulate,
+            on_nonfinite=on_nonfinite, data_seed=data_seed, checkpoint=None if checkpoint is None else Path(checkpoint),
+            checkpoint_every=None if checkpoint_every == "epoch" else int(checkpoint_every),
+            keep_checkpoints=keep_checkpoints,
         )
+        loop = FitLoop(self, loader, val_loader, forward, schedule, all_callbacks, options)
+        self.stop_training, self.fit_status, self.epoch, self.global_step = False, "running", 0, 0
+        if resume is not None:
+            loop.resume(resume)
+        loop.run()
+        return self.history
 
     def _to_device(self, value: Any) -> Any:
         if isinstance(value, torch.Tensor):
@@ -290,10 +222,10 @@ class Model:
         module.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
         for batch in loader.epoch(0):
-            x, y = _split_batch(batch)
+            x, y = split_batch(batch)
             x, y = self._to_device(x), self._to_device(y)
             with self.precision.autocast():
-                output = _call(module, x)
+                output = call(module, x)
             if y is None:
                 raise DataError("evaluate needs targets: the data has inputs only. Use predict for inputs alone.")
             n = len(y)
@@ -320,9 +252,9 @@ class Model:
         module.eval()
         outputs: list[Any] = []
         for batch in loader.epoch(0):
-            x, _ = _split_batch(batch)
+            x, _ = split_batch(batch)
             with self.precision.autocast():
-                outputs.append(_call(module, self._to_device(x)))
+                outputs.append(call(module, self._to_device(x)))
         if not outputs:
             raise DataError("predict got no data.")
         if isinstance(outputs[0], torch.Tensor):
@@ -342,5 +274,3 @@ class Model:
         self.precision.load_state_dict(state["precision"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
 
-
-__all__ += ["Loss"]

@@ -1,0 +1,277 @@
+"""The fit loop: one readable pass per batch, and the complete training state for exact resume.
+
+``Model.fit`` validates its arguments, builds the loaders and hands them to a :class:`FitLoop`. The loop's position
+(epoch, batch within the epoch, optimizer step, the epoch's losses so far, the data seed) and every stateful part
+(module, optimizer, loss scaler, schedule, callbacks, RNG states) go into a checkpoint, so a run killed at any
+optimizer step continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..distributed import is_rank_zero
+from ..errors import CheckpointError, DataError, NonFiniteLossError
+from .callbacks import Callback, overrides
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from ..data.loader import Loader
+    from .model import Model
+
+__all__ = ["FitLoop", "FitOptions"]
+
+logger = logging.getLogger(__name__)
+
+HOOKS = ("on_fit_start", "on_epoch_start", "on_before_optimizer_step", "on_train_batch_end", "on_epoch_end",
+         "on_fit_end")
+_FINITE_CHECK_EVERY = 32  # steps between non-finite loss checks (one stack + isfinite, not a sync every step)
+
+
+@dataclass(kw_only=True)
+class FitOptions:
+    epochs: int
+    batch_size: int
+    clip_grad_norm: float | None
+    accumulate: int
+    on_nonfinite: str
+    data_seed: int
+    checkpoint: Path | None
+    checkpoint_every: int | None  # optimizer steps; None: at the end of every epoch
+    keep_checkpoints: int
+
+
+def call(module: Any, x: Any) -> Any:
+    return module(*x) if isinstance(x, tuple | list) else module(x)
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, tuple | list) and len(batch) == 2:
+        return batch[0], batch[1]
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    length = f" of length {len(batch)}" if isinstance(batch, tuple | list) else ""
+    raise DataError(f"each batch must be an (inputs, targets) pair; got {type(batch).__name__}{length}.")
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
+                             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class FitLoop:
+    """One call of ``Model.fit``: runs epochs, calls callbacks, writes and restores checkpoints."""
+
+    def __init__(self, model: Model, loader: Loader, val_loader: Loader | None, forward: Any, schedule: Any,
+                 callbacks: list[Callback], options: FitOptions) -> None:
+        self.model, self.loader, self.val_loader, self.forward = model, loader, val_loader, forward
+        self.schedule, self.callbacks, self.options = schedule, callbacks, options
+        self.hooks = {name: [cb for cb in callbacks if overrides(cb, name)] for name in HOOKS}
+        self.start_epoch, self.start_batch = 0, 0
+        self.resumed_losses: list[torch.Tensor] = []
+        self.skipped_steps = 0
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> None:
+        model, hooks = self.model, self.hooks
+        try:
+            for callback in hooks["on_fit_start"]:
+                callback.on_fit_start(model)
+            for epoch in range(self.start_epoch, self.options.epochs):
+                model.epoch = epoch
+                for callback in hooks["on_epoch_start"]:
+                    callback.on_epoch_start(model, epoch)
+                start = self.start_batch if epoch == self.start_epoch else 0
+                logs = {"loss": self.train_epoch(epoch, start)}
+                if self.val_loader is not None:
+                    logs.update({f"val_{k}": v for k, v in model._evaluate(self.val_loader).items()})
+                if self.schedule is not None:
+                    self.schedule.epoch_end(logs)
+                logs["lr"] = model.optimizer.param_groups[0]["lr"]
+                if self.skipped_steps:
+                    logs["skipped_steps"] = float(self.skipped_steps)
+                for callback in hooks["on_epoch_end"]:
+                    callback.on_epoch_end(model, epoch, logs)
+                if self.options.checkpoint is not None and self.options.checkpoint_every is None:
+                    self.save(epoch + 1, 0, [])
+                if model.stop_training:
+                    break
+            model.fit_status = "finished"
+        except KeyboardInterrupt:
+            model.fit_status = "killed"
+            raise
+        except BaseException:
+            model.fit_status = "failed"
+            raise
+        finally:
+            for callback in hooks["on_fit_end"]:
+                callback.on_fit_end(model)
+
+    def train_epoch(self, epoch: int, start: int) -> float:
+        model, options = self.model, self.options
+        module, optimizer, loss_fn, precision, schedule = (model.module, model.optimizer, model.loss,
+                                                           model.precision, self.schedule)
+        assert loss_fn is not None
+        forward, autocast, accumulate, clip = self.forward, precision.autocast, options.accumulate, \
+            options.clip_grad_norm
+        move = model.device.type != "cpu"
+        skip_nonfinite = options.on_nonfinite == "skip"
+        every = options.checkpoint_every if options.checkpoint is not None else None
+        batch_hooks, step_hooks = self.hooks["on_train_batch_end"], self.hooks["on_before_optimizer_step"]
+        module.train()
+        losses: list[torch.Tensor] = self.resumed_losses if start else []
+        last = len(self.loader) - 1
+        for i, batch in enumerate(self.loader.epoch(epoch, start), start=start):
+            x, y = split_batch(batch)
+            if move:
+                x, y = model._to_device(x), model._to_device(y)
+            with autocast():
+                output = call(forward, x)
+                loss = loss_fn(output, y)
+            detached = loss.detach()
+            if skip_nonfinite and not bool(torch.isfinite(detached)):
+                self._skip(epoch, i, float(detached))
+                continue
+            precision.backward(loss / accumulate if accumulate > 1 else loss)
+            stepped = accumulate == 1 or (i + 1) % accumulate == 0 or i == last
+            if stepped:
+                if clip is not None or step_hooks:
+                    precision.unscale(optimizer)
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(module.parameters(), clip)
+                for callback in step_hooks:
+                    callback.on_before_optimizer_step(model, model.global_step)
+                precision.step(optimizer)
+                optimizer.zero_grad(set_to_none=True)
+                model.global_step += 1
+                if schedule is not None:
+                    schedule.step()
+            losses.append(detached)
+            if not skip_nonfinite and len(losses) % _FINITE_CHECK_EVERY == 0:
+                self._check_finite(losses, epoch)
+            for callback in batch_hooks:
+                callback.on_train_batch_end(model, model.global_step, detached)
+            if every is not None and stepped and model.global_step % every == 0 and i != last:
+                self.save(epoch, i + 1, losses)
+        if not losses:
+            raise DataError(f"epoch {epoch} produced no usable batches (empty data, or every loss was non-finite).")
+        if not skip_nonfinite:
+            self._check_finite(losses, epoch)
+        return float(torch.stack(losses).float().mean())
+
+    def _skip(self, epoch: int, batch: int, value: float) -> None:
+        self.model.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        if self.skipped_steps == 1 and is_rank_zero():
+            logger.warning("skipping a batch with non-finite loss %s at epoch %d, batch %d (on_nonfinite='skip'); "
+                           "later skips are counted in the logs as skipped_steps.", value, epoch, batch)
+
+    def _check_finite(self, losses: list[torch.Tensor], epoch: int) -> None:
+        # losses holds one entry per batch of the epoch from batch 0 (a resumed epoch starts with the saved ones).
+        recent = torch.stack(losses[-_FINITE_CHECK_EVERY:])
+        finite = torch.isfinite(recent)
+        if bool(finite.all()):
+            return
+        index = len(losses) - len(recent) + int((~finite).nonzero()[0, 0])
+        raise NonFiniteLossError(
+            f"the loss became {float(losses[index])} at epoch {epoch}, batch {index} (around optimizer step "
+            f"{self.model.global_step}). Lower the learning rate, "
+            "set clip_grad_norm (e.g. 1.0), pass on_nonfinite='skip', or check that batch's inputs for NaN/Inf."
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _compatibility(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.options.batch_size,
+            "accumulate": self.options.accumulate,
+            "steps_per_epoch": len(self.loader),
+            "parameters": {name: list(p.shape) for name, p in self.model.module.named_parameters()},
+        }
+
+    def state_dict(self, epoch: int, batch: int, losses: list[torch.Tensor]) -> dict[str, Any]:
+        model = self.model
+        return {
+            "loop": {"epoch": epoch, "batch": batch, "global_step": model.global_step,
+                     "data_seed": self.options.data_seed, "skipped_steps": self.skipped_steps,
+                     "losses": torch.stack(losses) if losses else torch.zeros(0)},
+            "compatibility": self._compatibility(),
+            "module": model.module.state_dict(),
+            "optimizer": model.optimizer.state_dict(),
+            "precision": model.precision.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
+            "rng": _rng_state(),
+        }
+
+    def save(self, epoch: int, batch: int, losses: list[torch.Tensor]) -> None:
+        if not is_rank_zero() or self.options.checkpoint is None:
+            return
+        save_checkpoint(self.options.checkpoint, self.state_dict(epoch, batch, losses), step=self.model.global_step,
+                        keep=self.options.keep_checkpoints)
+
+    def resume(self, resume: str | Path) -> bool:
+        """Restore the state of a checkpoint; ``"latest"`` with no checkpoint yet starts fresh (returns False)."""
+        if resume == "latest":
+            if self.options.checkpoint is None:
+                raise CheckpointError("resume='latest' needs checkpoint=<directory> to know where to look.")
+            path = latest_checkpoint(self.options.checkpoint)
+            if path is None:
+                logger.info("no checkpoint in %s yet; starting from scratch", self.options.checkpoint)
+                return False
+        else:
+            path = Path(resume)
+        state = load_checkpoint(path)
+        self._check_compatible(state["compatibility"], path)
+        model = self.model
+        model.module.load_state_dict(state["module"])
+        model.optimizer.load_state_dict(state["optimizer"])
+        model.precision.load_state_dict(state["precision"])
+        if self.schedule is not None and state["schedule"] is not None:
+            self.schedule.load_state_dict(state["schedule"])
+        saved = state["callbacks"]
+        for callback in self.callbacks:
+            match = next((s for s in saved if s["class"] == type(callback).__name__), None)
+            if match is not None:
+                saved.remove(match)
+                callback.load_state_dict(match["state"])
+        loop = state["loop"]
+        self.start_epoch, self.start_batch = int(loop["epoch"]), int(loop["batch"])
+        model.global_step, self.skipped_steps = int(loop["global_step"]), int(loop["skipped_steps"])
+        self.options.data_seed = int(loop["data_seed"])
+        self.resumed_losses = list(loop["losses"].unbind()) if loop["losses"].numel() else []
+        _set_rng_state(state["rng"])
+        logger.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.start_epoch, self.start_batch,
+                    model.global_step)
+        return True
+
+    def _check_compatible(self, saved: dict[str, Any], path: Path) -> None:
+        current = self._compatibility()
+        for key in ("batch_size", "accumulate", "steps_per_epoch"):
+            if saved[key] != current[key]:
+                raise CheckpointError(f"checkpoint {path.name} was written with {key}={saved[key]}, this fit uses "
+                                      f"{key}={current[key]}; resume with the same {key}, or start a new run.")
+        if saved["parameters"] != current["parameters"]:
+            names = set(saved["parameters"]) | set(current["parameters"])
+            changed = sorted(k for k in names if saved["parameters"].get(k) != current["parameters"].get(k))
+            detail = ", ".join(f"{k}: {saved['parameters'].get(k)} -> {current['parameters'].get(k)}"
+                               for k in changed[:5])
+            raise CheckpointError(f"checkpoint {path.name} holds a model of another shape ({detail}); resume with "
+                                  "the architecture it was trained with, or start a new run.")
