@@ -102,3 +102,25 @@ def test_batch_transform_runs_on_every_batch_of_an_array_dataset() -> None:
     dataset = ArrayDataset(np.ones((10, 2, 3, 3), dtype=np.float32), np.arange(10), batch_transform=Normalize(1.0, 0.5))
     for x, _ in make_loader(dataset, 4, shuffle=True).epoch(0):
         assert torch.equal(x, torch.zeros_like(x))
+
+
+def test_random_transforms_do_not_augment_during_evaluation():
+    import kiln
+
+    x = torch.rand(16, 1, 8, 8)
+    augment = Compose([RandomCrop(8, padding=2), RandomHorizontalFlip(p=1.0), GaussianNoise(0.5)])
+    seen: list[torch.Tensor] = []
+
+    class Record(torch.nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            seen.append(batch.detach().clone())
+            return batch.flatten(1)
+
+    data = kiln.data.ArrayDataset(x, torch.zeros(16, 64), batch_transform=augment)
+    model = kiln.Model(torch.nn.Sequential(Record(), torch.nn.Linear(64, 64)), loss="mse")
+    model.fit(data, epochs=1, batch_size=16, shuffle=False, verbose=0)
+    assert not torch.equal(seen[-1], x)  # training batches are augmented
+    model.evaluate(data)
+    assert torch.equal(seen[-1], x)  # evaluation batches are not
+    with torch.no_grad():
+        torch.testing.assert_close(RandomCrop(4)(x), x[..., 2:6, 2:6])

@@ -84,8 +84,9 @@ class BatchLoader:
         world: int = 1,
     ) -> None:
         self.dataset = dataset
-        self.plan = _Plan(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank,
-                          world=world)
+        self.plan = _Plan(
+            len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world
+        )
 
     def __len__(self) -> int:
         return self.plan.batches
@@ -142,8 +143,15 @@ class DatasetLoader:
         world: int = 1,
     ) -> None:
         self.dataset = dataset
-        plan = _Plan(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,  # type: ignore[arg-type]
-                     rank=rank, world=world)
+        plan = _Plan(
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            rank=rank,
+            world=world,
+        )
         self.sampler = _PlanSampler(plan)
         workers = default_workers() if num_workers is None else num_workers
         collate = collate_fn or getattr(dataset, "collate_fn", None)
@@ -191,9 +199,9 @@ class IterableLoader:
         return self._length
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
-        sampler = getattr(self.batches, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(getattr(self.batches, "sampler", None), "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
         iterator = iter(self.batches)
         for _ in range(start):
             next(iterator, None)
@@ -222,8 +230,17 @@ def make_loader(
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
         if hasattr(data, "__len__") and len(data) == 0:
             raise DataError(f"the dataset {type(data).__name__} is empty: there is nothing to train or evaluate on.")
-        return DatasetLoader(data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                             num_workers=num_workers, pin_memory=pin_memory, rank=rank, world=world)
+        return DatasetLoader(
+            data,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            rank=rank,
+            world=world,
+        )
     raise DataError(
         f"cannot load data of type {type(data).__name__}: pass a kiln.data.ArrayDataset, an (x, y) tuple of arrays, "
         "a torch Dataset (each item an (x, y) pair) or an iterable of (x, y) batches such as a DataLoader."

@@ -3,6 +3,10 @@
 They are vectorised over the batch (one tensor op per transform, no per-sample Python loop) and draw their
 randomness from torch's global generator, so seeding torch (kiln's ``seed``) makes augmented runs reproducible.
 Datasets apply them through their ``batch_transform`` attribute, after the batch is assembled.
+
+Random transforms augment only while gradients are enabled, i.e. while training: ``evaluate`` and ``predict`` run
+without gradients, so a validation split that shares its dataset's ``batch_transform`` is never augmented (flip and
+noise pass the batch through; RandomCrop cuts the centre window). Deterministic ones (Normalize) always apply.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ import torch.nn.functional as F
 from ..errors import ConfigError, DataError
 
 __all__ = ["Compose", "GaussianNoise", "Normalize", "RandomCrop", "RandomHorizontalFlip"]
+
+
+def _augmenting() -> bool:
+    """True while training: kiln evaluates and predicts with gradients off (inference mode)."""
+    return torch.is_grad_enabled()
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -115,6 +124,8 @@ class RandomHorizontalFlip:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2:
             raise DataError(f"RandomHorizontalFlip expects a batch of shape (B, ..., W), got shape {tuple(x.shape)}.")
+        if not _augmenting():
+            return x
         flip = torch.rand(x.shape[0], device=x.device) < self.p  # (B,)
         return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
 
@@ -160,8 +171,12 @@ class RandomCrop:
                 f"RandomCrop({self.size}) is larger than the (padded) samples, {height}x{width}; "
                 "crop a smaller size or add padding."
             )
-        top = torch.randint(0, height - h + 1, (batch,), device=x.device)
-        left = torch.randint(0, width - w + 1, (batch,), device=x.device)
+        if _augmenting():
+            top = torch.randint(0, height - h + 1, (batch,), device=x.device)
+            left = torch.randint(0, width - w + 1, (batch,), device=x.device)
+        else:  # evaluation: the centre window (with padding only, that is the unpadded sample itself)
+            top = torch.full((batch,), (height - h) // 2, device=x.device)
+            left = torch.full((batch,), (width - w) // 2, device=x.device)
         rows = top[:, None] + torch.arange(h, device=x.device)  # (B, h)
         cols = left[:, None] + torch.arange(w, device=x.device)  # (B, w)
         index = (rows[:, :, None] * width + cols[:, None, :]).reshape(batch, 1, h * w)  # (B, 1, h*w)
@@ -188,6 +203,8 @@ class GaussianNoise:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             raise DataError(f"GaussianNoise expects a floating-point batch, got dtype {x.dtype}.")
+        if not _augmenting():
+            return x
         return x + torch.randn_like(x) * self.std
 
     def __repr__(self) -> str:

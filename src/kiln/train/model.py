@@ -85,7 +85,7 @@ class Model:
         self.steps_per_epoch = 0
         self.precision = Precision("fp32", self.device)
         self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
-        self._graph: torch.nn.Module | None = None
+        self._graph: Any = None  # the torch.compile wrapper of module, built on first use
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.module.parameters())
