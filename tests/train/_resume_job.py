@@ -1,5 +1,7 @@
 """A deterministic training job for the resume tests, run as a real subprocess (and SIGKILLed by them).
 
+Data is in memory (kiln's batch path) or a folder of PNG files (ImageFolder through DataLoader workers).
+
 Writes one JSON line per batch ({"step", "loss"}) to --log, flushed at once, and the final weights to --out.
 """
 
@@ -9,27 +11,12 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import save_model
 from torch import nn
 
 import kiln
-from kiln.data import ArrayDataset
-
-
-class NpyFiles(torch.utils.data.Dataset):
-    """A file source: one .npy file per sample, read by DataLoader workers."""
-
-    def __init__(self, root: Path) -> None:
-        self.files = sorted(root.glob("*.npy"))
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = np.load(self.files[index], allow_pickle=False)
-        return torch.from_numpy(row[:-1].astype(np.float32)), int(row[-1])
+from kiln.data import ArrayDataset, ImageFolder
 
 
 class StepLog(kiln.Callback):
@@ -49,12 +36,16 @@ def data(kind: str, root: Path):
     x, y = torch.randn(320, 16, generator=generator), torch.randint(0, 4, (320,), generator=generator)
     if kind == "memory":
         return ArrayDataset(x, y)
-    files = root / "files"
-    if not files.exists():
-        files.mkdir()
-        for i, row in enumerate(torch.cat([x, y[:, None].float()], 1).numpy()):
-            np.save(files / f"{i:04d}.npy", row)
-    return NpyFiles(files)
+    # A real file source read by DataLoader workers: 4x4 grayscale PNGs in one folder per class.
+    folder = root / "images"
+    if not folder.exists():
+        from PIL import Image
+
+        pixels = (torch.sigmoid(x) * 255).round().to(torch.uint8).reshape(-1, 4, 4).numpy()
+        for i, (image, label) in enumerate(zip(pixels, y.tolist(), strict=True)):
+            (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image, mode="L").save(folder / f"class{label}" / f"{i:04d}.png")
+    return ImageFolder(folder, grayscale=True)
 
 
 def main() -> None:
@@ -67,7 +58,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))  # dropout uses the RNG
+    # Dropout draws from the global RNG, so the test also checks that RNG state is restored exactly.
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
     model = kiln.Model(net, loss="cross_entropy", lr=1e-2, metrics=["accuracy"])
     extra = {} if args.checkpoint is None else {"checkpoint": args.checkpoint, "checkpoint_every": 1,
                                                 "resume": "latest"}
