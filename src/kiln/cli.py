@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 
@@ -32,6 +33,134 @@ def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     parser.set_defaults(handler=_info)
 
 
+def _store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store", metavar="PATH", default=None, help="the store directory (default: $KILN_HOME, else ./.kiln)"
+    )
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from .store import Store
+
+    return Store(args.store, create=False)
+
+
+def _print(*renderables: Any) -> None:
+    import shutil
+
+    from rich.console import Console
+
+    console = Console(width=shutil.get_terminal_size((120, 24)).columns, soft_wrap=False)
+    for renderable in renderables:
+        console.print(renderable)
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    from .store import tables
+
+    _print(tables.run_table(_open_store(args).runs(name=args.name, status=args.status, limit=args.limit)))
+    return 0
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    from .store import tables
+
+    _print(*tables.run_detail(_open_store(args).run(args.run_id)))
+    return 0
+
+
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    runs = sub.add_parser("runs", help="list and show tracked training runs").add_subparsers(metavar="ACTION")
+    listing = runs.add_parser("list", help="runs, newest first")
+    listing.add_argument("--name", help="only runs with this name")
+    listing.add_argument("--status", choices=["running", "finished", "failed", "killed"])
+    listing.add_argument("--limit", type=int, default=20)
+    show = runs.add_parser("show", help="params, system info, latest metrics and artifacts of one run")
+    show.add_argument("run_id", help="a run id or a unique prefix of one")
+    for parser, handler in ((listing, _runs_list), (show, _runs_show)):
+        _store_option(parser)
+        parser.set_defaults(handler=handler)
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from .store import tables
+
+    _print(tables.model_table(_open_store(args).models()))
+    return 0
+
+
+def _models_show(args: argparse.Namespace) -> int:
+    from .store import tables
+
+    store = _open_store(args)
+    if "@" in args.reference:
+        _print(*tables.version_detail(store.version(args.reference)))
+    else:
+        moves = store.alias_history(args.reference)
+        _print(
+            tables.version_table(args.reference, store.versions(args.reference)),
+            *([tables.alias_table(args.reference, moves)] if moves else []),
+        )
+    return 0
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    previous = _open_store(args).promote(args.name, args.version, args.alias)
+    print(f"{args.name}@{args.alias} -> version {args.version}" + (f" (was {previous})" if previous else ""))
+    return 0
+
+
+def _models_verify(args: argparse.Namespace) -> int:
+    from .store import tables
+
+    report = _open_store(args).verify(args.reference)
+    summary = f"{report.files} files ({report.bytes / 1e6:.1f} MB) in {report.versions} versions"
+    if report.ok:
+        print(f"ok: {summary} match their SHA-256")
+        return 0
+    _print(tables.verify_table(report))
+    print(f"FAILED: {len(report.problems)} problem(s) in {summary}", file=sys.stderr)
+    return 1
+
+
+def _models_delete(args: argparse.Namespace) -> int:
+    store = _open_store(args)
+    if args.all:
+        numbers = store.delete_model(args.reference, force=args.force)
+        print(f"deleted {args.reference} versions {numbers}")
+    else:
+        print(f"deleted {store.delete(args.reference, force=args.force).reference}")
+    return 0
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="list, show, promote, verify and delete registered models")
+    actions = models.add_subparsers(metavar="ACTION")
+    listing = actions.add_parser("list", help="every model with its versions and aliases")
+    show = actions.add_parser("show", help="a model's versions (NAME) or one version's details (NAME@VERSION)")
+    show.add_argument("reference", help="digits, digits@3 or digits@production")
+    promote = actions.add_parser("promote", help="point an alias (production, staging, ...) at a version")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("alias")
+    verify = actions.add_parser("verify", help="re-hash every blob and report tampering (exit status 1)")
+    verify.add_argument("reference", nargs="?", default=None, help="a model or version (default: the whole store)")
+    delete = actions.add_parser("delete", help="delete a version (NAME@VERSION) or, with --all, a whole model")
+    delete.add_argument("reference", help="digits@3, digits@staging, or digits with --all")
+    delete.add_argument("--all", action="store_true", help="delete every version of the model")
+    delete.add_argument("--force", action="store_true", help="also remove aliases pointing at what is deleted")
+    handlers = (
+        (listing, _models_list),
+        (show, _models_show),
+        (promote, _models_promote),
+        (verify, _models_verify),
+        (delete, _models_delete),
+    )
+    for parser, handler in handlers:
+        _store_option(parser)
+        parser.set_defaults(handler=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln",
@@ -41,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     sub = parser.add_subparsers(title="verbs", metavar="VERB")
     _add_info(sub)
+    _add_runs(sub)
+    _add_models(sub)
     return parser
 
 

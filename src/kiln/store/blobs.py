@@ -1,0 +1,259 @@
+"""Content-addressed blobs: ``blobs/sha256/ab/cd/abcd...``, written crash-safely and read back verified.
+
+Every blob is written to a temp file while it is hashed, fsynced, renamed to its content address and its
+directory fsynced: a crash leaves either the whole blob or a stray temp file, never a half blob under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO
+
+from .._atomic import fsync_directory
+from ..errors import IntegrityError
+from .content import check_package_file, read_head
+from .faults import crash_point
+from .names import check_sha256
+
+__all__ = ["Blob", "BlobStore", "BlobWriter", "hash_file", "read_verified"]
+
+_CHUNK = 1 << 20  # hash 1 MiB at a time while it is still in cache
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A stored blob: its SHA-256 (hex) and size in bytes."""
+
+    sha256: str
+    size: int
+
+
+def hash_file(path: str | os.PathLike[str]) -> Blob:
+    """SHA-256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while n := handle.readinto(buffer):
+            digest.update(view[:n])
+            size += n
+    return Blob(digest.hexdigest(), size)
+
+
+def read_verified(path: Path, blob: Blob, *, label: str) -> bytearray:
+    """The bytes of ``path``, read once and hashed as they arrive; IntegrityError names ``label`` on any mismatch."""
+    try:
+        handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, with a clear error when missing
+    except FileNotFoundError:
+        raise IntegrityError(f"{label}: {path} is missing. Run 'kiln models verify'.") from None
+    with handle:
+        actual = os.fstat(handle.fileno()).st_size
+        if actual != blob.size:
+            raise IntegrityError(
+                f"{label}: {path} has {actual} bytes, the manifest records {blob.size}; the file was modified after "
+                "it was published. Re-register the model; never edit files in a store or package."
+            )
+        buffer = bytearray(blob.size)
+        view = memoryview(buffer)
+        digest = hashlib.sha256()
+        offset = 0
+        while offset < blob.size:
+            n = handle.readinto(view[offset : offset + _CHUNK])
+            if not n:
+                break
+            digest.update(view[offset : offset + n])
+            offset += n
+    if offset != blob.size or digest.hexdigest() != blob.sha256:
+        raise IntegrityError(
+            f"{label}: {path} does not match its SHA-256 in the manifest (expected {blob.sha256}, got "
+            f"{digest.hexdigest()}); the file was modified after it was published. Re-register the model."
+        )
+    return buffer
+
+
+class BlobWriter:
+    """A blob being written: bytes are hashed as they go to a temp file; ``commit`` gives them their address.
+
+    Example:
+        >>> with store.blobs.writer() as writer:
+        ...     writer.write(b"hello")
+        >>> writer.blob.sha256[:8]
+        '2cf24dba'
+    """
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        fd, name = tempfile.mkstemp(prefix="blob-", suffix=".tmp", dir=blobs.tmp_dir)
+        self._path = Path(name)
+        self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._finished: Blob | None = None
+        self.blob: Blob | None = None
+        # When the blob already existed, the temp file is kept until the publish commits: if a concurrent delete
+        # unlinks the existing copy meanwhile, the publish puts this one in its place (see BlobStore.restore).
+        self.spare: Path | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` (any bytes-like object; a memoryview over a tensor's memory avoids a copy)."""
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), _CHUNK):
+            chunk = view[start : start + _CHUNK]
+            self._digest.update(chunk)
+            self._file.write(chunk)
+        self._size += len(view)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def finish(self) -> Blob:
+        """Flush and fsync the temp file; the digest is final (the blob has no address yet)."""
+        if self._finished is None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            crash_point("blob:written")
+            self._finished = Blob(self._digest.hexdigest(), self._size)
+        return self._finished
+
+    def check_content(self, name: str) -> None:
+        """Finish, then judge the bytes as package file ``name`` (pickles, zips, ... raise IntegrityError)."""
+        blob = self.finish()
+        check_package_file(name, *read_head(self._path if self.blob is None else self._blobs.path(blob.sha256)))
+
+    def commit(self) -> Blob:
+        """Finish, rename to the content address (or keep a spare when those bytes are already stored), fsync
+        the directory."""
+        if self.blob is not None:
+            return self.blob
+        blob = self.finish()
+        target = self._blobs.path(blob.sha256)
+        if target.exists() and hash_file(target) == blob:
+            self.spare = self._path  # the same bytes are already stored (checked, so a damaged copy gets replaced)
+            os.utime(target)  # fresh mtime: gc's grace period protects a blob a publish is about to reference
+        else:
+            self._blobs.make_parent(target)
+            os.replace(self._path, target)
+            crash_point("blob:renamed")
+            fsync_directory(target.parent)
+        self.blob = blob
+        return blob
+
+    def abort(self) -> None:
+        """Close and remove the temp file; nothing is stored."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(OSError):
+            self._path.unlink()
+
+    def release(self) -> None:
+        """Drop the spare temp file once the blob is referenced by a committed row (or no longer needed)."""
+        if self.spare is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.spare.unlink()
+            self.spare = None
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class BlobStore:
+    """The ``blobs/`` and ``tmp/`` directories of a store."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "blobs" / "sha256"
+        self.tmp_dir = root / "tmp"
+
+    def create(self) -> None:
+        for directory in (self.root, self.tmp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the blob with this digest lives (the digest is checked to be 64 hex digits first)."""
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def make_parent(self, target: Path) -> None:
+        """Create ``ab/cd/`` for a blob, fsyncing each parent whose entries changed."""
+        for directory in (target.parent.parent, target.parent):
+            if not directory.exists():
+                with contextlib.suppress(FileExistsError):
+                    directory.mkdir()
+                fsync_directory(directory.parent)
+
+    def exists(self, blob: Blob) -> bool:
+        try:
+            return self.path(blob.sha256).stat().st_size == blob.size
+        except FileNotFoundError:
+            return False
+
+    def writer(self) -> BlobWriter:
+        return BlobWriter(self)
+
+    def put_file(self, source: str | os.PathLike[str]) -> BlobWriter:
+        """Copy a file into a temp file of the store; ``commit`` the returned writer to store it."""
+        writer = self.writer()
+        try:
+            with open(source, "rb", buffering=0) as handle:
+                buffer = bytearray(_CHUNK)
+                view = memoryview(buffer)
+                while n := handle.readinto(buffer):
+                    writer.write(view[:n])
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def restore(self, writer: BlobWriter) -> bool:
+        """Inside the write lock: make sure the writer's blob is in place; False if it is gone and cannot be."""
+        assert writer.blob is not None
+        if self.exists(writer.blob):
+            return True
+        if writer.spare is None or not writer.spare.exists():
+            return False
+        target = self.path(writer.blob.sha256)
+        self.make_parent(target)
+        os.replace(writer.spare, target)
+        fsync_directory(target.parent)
+        writer.spare = None
+        return True
+
+    def read(self, blob: Blob, *, label: str) -> bytearray:
+        """The blob's bytes, verified (see :func:`read_verified`)."""
+        return read_verified(self.path(blob.sha256), blob, label=label)
+
+    def blobs(self) -> Iterator[Path]:
+        """Every file under ``blobs/sha256``."""
+        if self.root.exists():
+            yield from (path for path in self.root.glob("*/*/*") if path.is_file())
+
+    def clean_tmp(self, *, older_than: float = 3600.0) -> int:
+        """Remove temp files left by crashed writers (older than ``older_than`` seconds); returns how many."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for path in self.tmp_dir.glob("*.tmp") if self.tmp_dir.exists() else ():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
+    def unlink(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path(sha256).unlink()

@@ -1,0 +1,365 @@
+"""The Store: one directory holding an SQLite database and content-addressed blobs; runs and models in one place."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..errors import ConfigError, IntegrityError, NotFoundError, StoreError
+from . import registry
+from .blobs import Blob, BlobStore, BlobWriter
+from .content import check_package_file, head_of, read_head
+from .database import Database
+from .manifest import MANIFEST, read_manifest
+from .names import check_file_name, check_name
+from .registry import AliasMove, ModelSummary, ModelVersion
+from .runs import Run, RunInfo, check_artifact, find_run_id, jsonable, new_run, run_infos, system_info
+from .schema import metrics, migrate, run_artifacts, runs
+from .verify import VerifyReport, verify_versions
+
+__all__ = ["GcReport", "Store", "default_path"]
+
+FileSource = str | os.PathLike[str] | BlobWriter
+
+
+def default_path() -> Path:
+    """``$KILN_HOME`` when set, else ``./.kiln`` (the one place kiln reads KILN_HOME)."""
+    return Path(os.environ.get("KILN_HOME") or ".kiln")
+
+
+@dataclass(frozen=True)
+class GcReport:
+    blobs: int
+    temp_files: int
+
+
+class Store:
+    """Tracked runs and a versioned, integrity-checked model registry in one directory.
+
+    ``path`` defaults to ``$KILN_HOME`` or ``./.kiln``; it is created unless ``create=False``. Any number of
+    processes may open the same store: writes take SQLite's write lock, reads never wait.
+
+    Example:
+        >>> store = Store("./.kiln")
+        >>> version = kiln.export.register_module(net, "digits", store=store, example_input=x[:1])
+        >>> store.promote("digits", version, "production")
+        >>> module = store.load("digits@production")
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
+        self.path = Path(path if path is not None else default_path()).absolute()
+        if not (self.path / "kiln.db").exists() and not create:
+            raise StoreError(
+                f"no kiln store at {self.path}: pass --store / set KILN_HOME to an existing store, or "
+                "create one with kiln.store.Store(path)."
+            )
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"store path {self.path} exists and is not a directory.")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobStore(self.path)
+        self.blobs.create()
+        self.database = Database(f"sqlite:///{self.path / 'kiln.db'}")
+        migrate(self.database, where=str(self.path))
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    def close(self) -> None:
+        self.database.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ runs
+    def start_run(
+        self,
+        name: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        system: Mapping[str, Any] | None = None,
+        flush_rows: int = 2000,
+        flush_seconds: float = 15.0,
+    ) -> Run:
+        """Record a new run (status "running") and return its handle; ``system`` adds to :func:`system_info`.
+
+        Example:
+            >>> with store.start_run("digits-mlp", params={"lr": 1e-3}) as run:
+            ...     run.log({"loss": 0.3}, step=1)
+        """
+        check_name(name, what="run name")
+        info = {**system_info(), **(system or {})}
+        run_id = self.database.write(lambda connection: new_run(connection, name, params, tags, info))
+        return Run(self, run_id, name, flush_rows=flush_rows, flush_seconds=flush_seconds)
+
+    def run(self, run_id: str) -> RunInfo:
+        """One run, with its artifacts and the latest value of each metric (``run_id`` may be a unique prefix)."""
+
+        def read(connection: Connection) -> RunInfo:
+            row = connection.execute(sa.select(runs).where(runs.c.id == find_run_id(connection, run_id))).one()
+            return run_infos(connection, [row], artifacts=True)[0]
+
+        return self.database.read(read)
+
+    def runs(self, *, name: str | None = None, status: str | None = None, limit: int = 50) -> list[RunInfo]:
+        """Runs, newest first, optionally only those called ``name`` or with ``status``."""
+        query = sa.select(runs).order_by(runs.c.start_time.desc()).limit(max(int(limit), 1))
+        if name is not None:
+            query = query.where(runs.c.name == check_name(name, what="run name"))
+        if status is not None:
+            if status not in ("running", "finished", "failed", "killed"):
+                raise ConfigError(f"status must be running, finished, failed or killed; got {status!r}.")
+            query = query.where(runs.c.status == status)
+        return self.database.read(lambda connection: run_infos(connection, connection.execute(query).all()))
+
+    def metrics(self, run_id: str, key: str | None = None) -> dict[str, list[tuple[int, float]]]:
+        """Every logged ``(step, value)`` of a run, per metric, in step order."""
+
+        def read(connection: Connection) -> dict[str, list[tuple[int, float]]]:
+            query = sa.select(metrics.c.key, metrics.c.step, metrics.c.value).where(
+                metrics.c.run_id == find_run_id(connection, run_id)
+            )
+            if key is not None:
+                query = query.where(metrics.c.key == key)
+            out: dict[str, list[tuple[int, float]]] = {}
+            for k, step, value in connection.execute(query.order_by(metrics.c.key, metrics.c.step)):
+                out.setdefault(k, []).append((step, math.nan if value is None else value))
+            return out
+
+        return self.database.read(read)
+
+    def log_artifact(self, run_id: str, name: str, path: str | os.PathLike[str]) -> Blob:
+        """Store a file as an artifact of a run (content-addressed; the same bytes are stored once)."""
+        check_artifact(name, path)
+        full = self.database.read(lambda connection: find_run_id(connection, run_id))
+        writer = self.blobs.put_file(path)
+        blob = writer.commit()
+
+        def write(connection: Connection) -> None:
+            if not self.blobs.restore(writer):
+                raise StoreError(f"artifact {name!r} vanished before it was recorded (a concurrent gc); retry.")
+            key = (run_artifacts.c.run_id == full) & (run_artifacts.c.name == name)
+            connection.execute(run_artifacts.delete().where(key))
+            connection.execute(
+                run_artifacts.insert().values(
+                    run_id=full, name=name, sha256=blob.sha256, size=blob.size, created=time.time()
+                )
+            )
+
+        try:
+            self.database.write(write, durable=True)
+        finally:
+            writer.release()
+        return blob
+
+    # ------------------------------------------------------------------ models
+    def register(
+        self,
+        name: str,
+        files: Mapping[str, FileSource] | str | os.PathLike[str],
+        *,
+        signature: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        run_id: str | None = None,
+        data_fingerprint: str | None = None,
+        parent: str | None = None,
+        description: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> ModelVersion:
+        """Publish files as the next version of ``name`` and return it.
+
+        ``files`` maps package file names to paths (or open :class:`BlobWriter` s), or is a package directory
+        (its ``manifest.json``, when present, must match every file). Every file is refused if it holds a pickle
+        or a zip archive, whatever it is called. Most users call ``kiln.export.register_module`` instead, which
+        writes the package (weights, ONNX graph, spec) and calls this.
+
+        Example:
+            >>> store.register("digits", "exported/digits/", metrics={"val_accuracy": 0.97})
+            ModelVersion(name='digits', version=1, ...)
+        """
+        check_name(name)
+        meta = self._version_metadata(signature, metrics, run_id, data_fingerprint, parent, description, tags)
+        sources = _package_files(files) if isinstance(files, str | os.PathLike) else dict(files)
+        for file in sources:
+            check_file_name(file)
+        for file, source in sources.items():  # refuse by content before copying a byte
+            if not isinstance(source, BlobWriter):
+                check_package_file(file, *read_head(source))
+        writers: dict[str, BlobWriter] = {}
+        try:
+            for file, source in sources.items():
+                writers[file] = source if isinstance(source, BlobWriter) else self.blobs.put_file(source)
+            for file, writer in writers.items():  # what was written (streamed, or changed since the check above)
+                writer.check_content(file)
+            for writer in writers.values():
+                writer.commit()
+            if isinstance(files, str | os.PathLike):
+                _check_manifest(Path(files), {f: w.blob for f, w in writers.items() if w.blob is not None})
+            version = registry.publish(self.database, self.blobs, name, writers, metadata=meta)
+        except BaseException:
+            for writer in writers.values():
+                if writer.blob is None:
+                    writer.abort()
+            raise
+        finally:
+            for writer in writers.values():
+                writer.release()
+        return self.version(f"{name}@{version}")
+
+    def _version_metadata(
+        self,
+        signature: Mapping[str, Any] | None,
+        metrics: Mapping[str, float] | None,
+        run_id: str | None,
+        data_fingerprint: str | None,
+        parent: str | None,
+        description: str | None,
+        tags: Mapping[str, str] | None,
+    ) -> dict[str, Any]:
+        if run_id is not None:
+            run_id = self.run(run_id).id
+        if parent is not None:
+            parent = self.version(parent).reference
+        if data_fingerprint is not None and (not isinstance(data_fingerprint, str) or len(data_fingerprint) > 128):
+            raise ConfigError(f"data_fingerprint must be a string of at most 128 characters; got {data_fingerprint!r}.")
+        if description is not None and (not isinstance(description, str) or len(description) > 10_000):
+            raise ConfigError("description must be a string of at most 10000 characters.")
+        return {
+            "signature": jsonable(dict(signature)) if signature is not None else None,
+            "metrics": {str(k): jsonable(float(v)) for k, v in (metrics or {}).items()},
+            "tags": {str(k): str(v) for k, v in (tags or {}).items()},
+            "run_id": run_id,
+            "data_fingerprint": data_fingerprint,
+            "parent": parent,
+            "description": description,
+        }
+
+    def version(self, reference: str) -> ModelVersion:
+        """The version a reference names: ``name`` (newest), ``name@3``, ``name@latest`` or ``name@production``."""
+        return registry.resolve(self.database, reference)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every live version of model ``name``, oldest first."""
+        return registry.list_versions(self.database, name)
+
+    def models(self) -> list[ModelSummary]:
+        """Every model with its number of versions, newest version and aliases."""
+        return registry.list_models(self.database)
+
+    def promote(self, name: str, version: int | str, alias: str) -> int | None:
+        """Point ``alias`` at ``name@version`` (recorded in the alias history); returns the previous version.
+
+        Example:
+            >>> store.promote("digits", 3, "production")
+        """
+        number = version.rsplit("@", 1)[-1] if isinstance(version, str) else version
+        if isinstance(number, str) and number.isdigit():
+            number = int(number)
+        if not isinstance(number, int) or isinstance(number, bool) or number < 1:
+            raise ConfigError(f"version must be a positive int (or 'name@N'); got {version!r}.")
+        return registry.promote(self.database, name, number, alias)
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        """Remove ``alias`` from model ``name``; returns the version it pointed at."""
+        return registry.remove_alias(self.database, name, alias)
+
+    def alias_history(self, name: str) -> list[AliasMove]:
+        """Every move of every alias of ``name``, oldest first."""
+        return registry.alias_moves(self.database, name)
+
+    def delete(self, reference: str, *, force: bool = False) -> ModelVersion:
+        """Delete one version (``name@3`` or ``name@alias``); refused while an alias points at it unless ``force``."""
+        return registry.delete_version(self.database, self.blobs, reference, force=force)
+
+    def delete_model(self, name: str, *, force: bool = False) -> list[int]:
+        """Delete every version of ``name``; version numbers continue from where they were."""
+        return registry.delete_model(self.database, self.blobs, name, force=force)
+
+    def read(self, version: ModelVersion | str, file: str) -> bytearray:
+        """The bytes of one file of a version, hash-verified; IntegrityError names the file on any mismatch."""
+        resolved = self.version(version) if isinstance(version, str) else version
+        check_file_name(file)
+        blob = resolved.files.get(file)
+        if blob is None:
+            raise NotFoundError(f"{resolved.reference} has no file {file!r}; it has {sorted(resolved.files)}.")
+        data = self.blobs.read(blob, label=f"{resolved.reference} file {file!r}")
+        check_package_file(file, head_of(data), len(data))
+        return data
+
+    def verify(self, target: str | None = None) -> VerifyReport:
+        """Re-hash every blob of ``target`` (``name@3``: one version; ``name``: all its versions; None: the store).
+
+        Example:
+            >>> report = store.verify()
+            >>> report.ok, [p.message for p in report.problems]
+        """
+        if target is None:
+            chosen = [v for model in self.models() for v in self.versions(model.name)]
+        elif "@" in target:
+            chosen = [self.version(target)]
+        else:
+            chosen = self.versions(check_name(target))
+        return verify_versions(self.database, self.blobs, chosen, artifacts=target is None)
+
+    def load(self, reference: str, *, runtime: Literal["auto", "torch", "onnx"] = "auto") -> Any:
+        """A ready torch module (or onnxruntime session) for ``reference``; see :func:`kiln.export.load`."""
+        # The export layer rebuilds modules; importing it here, on use, keeps kiln.store itself free of torch.
+        from ..export import load
+
+        return load(reference, store=self, runtime=runtime)
+
+    def gc(self, *, grace_seconds: float = 3600.0) -> GcReport:
+        """Remove blobs nothing references and temp files left by crashed writers, both older than the grace."""
+        cutoff = time.time() - grace_seconds
+
+        def sweep(connection: Connection) -> int:
+            keep = registry.referenced_digests(connection)
+            removed = 0
+            for path in list(self.blobs.blobs()):
+                if path.name not in keep and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            return removed
+
+        return GcReport(self.database.write(sweep), self.blobs.clean_tmp(older_than=grace_seconds))
+
+
+def _package_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    root = Path(directory)
+    if not root.is_dir():
+        raise ConfigError(f"{os.fspath(directory)!r} is not a package directory.")
+    files: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            raise IntegrityError(
+                f"package {root}: {path.name!r} is not a regular file (links and folders are refused)."
+            )
+        files[check_file_name(path.name)] = path
+    return files
+
+
+def _check_manifest(root: Path, blobs: Mapping[str, Blob]) -> None:
+    if MANIFEST not in blobs:
+        return
+    expected = read_manifest((root / MANIFEST).read_bytes(), where=str(root))
+    for file, blob in blobs.items():
+        if file != MANIFEST and expected.get(file) != blob:
+            raise IntegrityError(
+                f"package {root}: {file!r} does not match its SHA-256 in {MANIFEST}; the file was "
+                "modified after export (or is not listed). Export the package again."
+            )
+    missing = set(expected) - set(blobs)
+    if missing:
+        raise IntegrityError(f"package {root}: {MANIFEST} lists {sorted(missing)} but the directory lacks them.")

@@ -1,0 +1,57 @@
+"""Fixtures for store tests: a fresh store, a subprocess runner and a snapshot of a directory tree."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.store import Store
+
+RunPython = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def run_python() -> RunPython:
+    """Run code in a fresh interpreter (a real subprocess); returns the CompletedProcess."""
+
+    def run(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+    return run
+
+
+@pytest.fixture
+def snapshot() -> Callable[[Path], dict[str, str]]:
+    """Every path under a root with a hash of its content. SQLite's shared-memory index (``-shm``) is left out:
+    readers update its read marks, and it holds no data."""
+
+    def take(root: Path) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for path in sorted(root.rglob("*")):
+            key = str(path.relative_to(root))
+            if path.is_dir():
+                found[key] = "dir"
+            elif not path.name.endswith("-shm"):
+                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return found
+
+    return take

@@ -1,0 +1,119 @@
+"""``kiln runs`` and ``kiln models``: run through main() and once as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from kiln.store import Store
+
+
+@pytest.fixture
+def filled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setenv("COLUMNS", "200")
+    store = Store(tmp_path / "store")
+    for i in range(3):
+        (tmp_path / "w.bin").write_bytes(f"weights {i}".encode())
+        store.register(
+            "digits", {"w.bin": tmp_path / "w.bin"}, metrics={"val_accuracy": 0.9 + i / 100}, description=f"try {i}"
+        )
+    with store.start_run("digits-mlp", params={"lr": 0.01}) as run:
+        run.log({"loss": 0.25}, step=10)
+    store.run_id = run.id  # type: ignore[attr-defined]
+    return store
+
+
+def kiln(*args: str) -> int:
+    return main(list(args))
+
+
+def test_models_list_show_promote(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    where = str(filled.path)
+    assert kiln("models", "list", "--store", where) == 0
+    out = capsys.readouterr().out
+    assert "digits" in out and "│ 3 " in out
+    assert kiln("models", "promote", "digits", "2", "production", "--store", where) == 0
+    assert "digits@production -> version 2" in capsys.readouterr().out
+    assert kiln("models", "promote", "digits", "3", "production", "--store", where) == 0
+    assert "(was 2)" in capsys.readouterr().out
+    assert kiln("models", "show", "digits", "--store", where) == 0
+    out = capsys.readouterr().out
+    assert "try 0" in out and "production" in out and "alias history" in out
+    assert kiln("models", "show", "digits@production", "--store", where) == 0
+    out = capsys.readouterr().out
+    assert "digits@3" in out and "w.bin" in out and filled.version("digits@3").files["w.bin"].sha256 in out
+
+
+def test_models_verify_reports_tampering(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    where = str(filled.path)
+    assert kiln("models", "verify", "--store", where) == 0
+    assert "ok: 3 files" in capsys.readouterr().out
+    blob = filled.blobs.path(filled.version("digits@2").files["w.bin"].sha256)
+    blob.write_bytes(b"tampered")
+    assert kiln("models", "verify", "--store", where) == 1
+    captured = capsys.readouterr()
+    assert "digits@2" in captured.out and "w.bin" in captured.out and "1 problem" in captured.err
+    assert kiln("models", "verify", "digits@3", "--store", where) == 0
+
+
+def test_models_delete(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    where = str(filled.path)
+    kiln("models", "promote", "digits", "3", "production", "--store", where)
+    assert kiln("models", "delete", "digits@3", "--store", where) == 2
+    assert "aliased as production" in capsys.readouterr().err
+    assert kiln("models", "delete", "digits@3", "--force", "--store", where) == 0
+    assert kiln("models", "delete", "digits", "--store", where) == 2
+    assert "--all" in capsys.readouterr().err
+    assert kiln("models", "delete", "digits", "--all", "--store", where) == 0
+    assert "versions [1, 2]" in capsys.readouterr().out
+    assert filled.versions("digits") == []
+
+
+def test_runs_list_and_show(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    where = str(filled.path)
+    run_id = filled.run_id  # type: ignore[attr-defined]
+    assert kiln("runs", "list", "--store", where) == 0
+    out = capsys.readouterr().out
+    assert run_id[:12] in out and "digits-mlp" in out and "finished" in out and "loss=0.25" in out
+    assert kiln("runs", "show", run_id[:8], "--store", where) == 0
+    out = capsys.readouterr().out
+    assert run_id in out and "lr" in out and "0.01" in out and "python" in out
+
+
+def test_errors_are_one_line_and_touch_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kiln("models", "list", "--store", str(tmp_path / "nowhere")) == 2
+    assert "no kiln store" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    Store(tmp_path / "s").close()
+    assert kiln("models", "show", "../x", "--store", str(tmp_path / "s")) == 2
+    assert "invalid model name '../x'" in capsys.readouterr().err
+
+
+def test_store_defaults_to_kiln_home(
+    filled: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KILN_HOME", str(filled.path))
+    assert kiln("models", "list") == 0
+    assert "digits" in capsys.readouterr().out
+
+
+def test_cli_as_a_subprocess(filled: Store) -> None:
+    env = {**os.environ, "KILN_HOME": str(filled.path), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "models", "show", "digits"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "try 2" in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "models", "verify"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0 and "ok: 3 files" in done.stdout
