@@ -46,7 +46,10 @@ def _check_batch_size(batch_size: int) -> None:
 class _Plan:
     """Which rows form batch ``i`` of an epoch on this rank."""
 
-    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool, rank: int, world: int):
+    def __init__(
+        self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool, rank: int, world: int,
+        even: bool = True,
+    ):
         _check_batch_size(batch_size)
         if n == 0:
             raise DataError("the dataset is empty: there is nothing to train or evaluate on.")
@@ -55,8 +58,15 @@ class _Plan:
         global_batches = n // batch_size if drop_last else -(-n // batch_size)
         if global_batches == 0:
             raise DataError(f"drop_last with batch_size {batch_size} leaves no batch from {n} rows.")
-        # Every rank takes the same number of batches so collective ops never wait on a rank that finished early.
-        self.batches = max(global_batches // world, 1) if world > 1 else global_batches
+        if world == 1:
+            self.batches = global_batches
+        elif even:
+            # Training: every rank takes the same number of batches, so collective ops never wait on a rank that
+            # finished early (the remainder of global batches is dropped).
+            self.batches = max(global_batches // world, 1)
+        else:
+            # Evaluation: together the ranks cover every row once; results are reduced after the loop.
+            self.batches = len(range(rank, global_batches, world))
 
     def order(self, epoch: int) -> torch.Tensor | None:
         return epoch_order(self.n, seed=self.seed, epoch=epoch) if self.shuffle else None
@@ -82,10 +92,12 @@ class BatchLoader:
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        even: bool = True,
     ) -> None:
         self.dataset = dataset
         self.plan = _Plan(
-            len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world
+            len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world,
+            even=even,
         )
 
     def __len__(self) -> int:
@@ -141,6 +153,7 @@ class DatasetLoader:
         pin_memory: bool = False,
         rank: int = 0,
         world: int = 1,
+        even: bool = True,
     ) -> None:
         self.dataset = dataset
         plan = _Plan(
@@ -151,6 +164,7 @@ class DatasetLoader:
             drop_last=drop_last,
             rank=rank,
             world=world,
+            even=even,
         )
         self.sampler = _PlanSampler(plan)
         workers = default_workers() if num_workers is None else num_workers
@@ -219,12 +233,19 @@ def make_loader(
     pin_memory: bool = False,
     rank: int = 0,
     world: int = 1,
+    even: bool = True,
 ) -> Loader:
-    """Pick the loader for ``data``: an ArrayDataset, a (x, y) tuple of arrays, a torch Dataset or batches."""
+    """Pick the loader for ``data``: an ArrayDataset, a (x, y) tuple of arrays, a torch Dataset or batches.
+
+    Under several ranks each takes a stride of the global batches: ``even`` (training) gives every rank the same
+    number of batches; otherwise (evaluation) the ranks together cover every row exactly once.
+    """
     if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], tuple | list | Dataset):
         data = ArrayDataset(*data)
     if isinstance(data, ArrayDataset):
-        return BatchLoader(data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world)
+        return BatchLoader(
+            data, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, rank=rank, world=world, even=even
+        )
     if isinstance(data, DataLoader) or (isinstance(data, Iterable) and not hasattr(data, "__getitem__")):
         return IterableLoader(data)
     if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
@@ -240,6 +261,7 @@ def make_loader(
             pin_memory=pin_memory,
             rank=rank,
             world=world,
+            even=even,
         )
     raise DataError(
         f"cannot load data of type {type(data).__name__}: pass a kiln.data.ArrayDataset, an (x, y) tuple of arrays, "

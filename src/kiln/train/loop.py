@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..distributed import is_rank_zero
+from ..distributed import all_reduce_sum, is_distributed, is_rank_zero, world_size
 from ..errors import CheckpointError, DataError, NonFiniteLossError
 from .callbacks import Callback, overrides
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -175,7 +175,10 @@ class FitLoop:
             raise DataError(f"epoch {epoch} produced no usable batches (empty data, or every loss was non-finite).")
         if not skip_nonfinite:
             self._check_finite(losses, epoch)
-        return float(torch.stack(losses).float().mean())
+        mean = torch.stack(losses).float().mean()
+        if is_distributed():
+            mean = all_reduce_sum(mean) / world_size()
+        return float(mean)
 
     def _skip(self, epoch: int, batch: int, value: float) -> None:
         self.model.optimizer.zero_grad(set_to_none=True)

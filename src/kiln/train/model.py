@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..data.arrays import ArrayDataset, as_tensor
 from ..data.loader import Loader, make_loader
 from ..errors import ConfigError, DataError, ShapeError
@@ -21,8 +23,11 @@ from .optim import resolve_optimizer
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import make_schedule
+from .strategy import convert_sync_batchnorm, fully_shard_module, resolve_strategy, wrap
 
 __all__ = ["Model", "default_device", "seed_everything"]
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -73,6 +78,7 @@ class Model:
         self.device = default_device() if device == "auto" else torch.device(device)
         self.module = module.to(self.device)
         self.loss = None if loss is None else resolve_loss(loss)
+        self._optimizer_spec = (optimizer, lr, optimizer_options or {})
         self.optimizer = resolve_optimizer(optimizer, self.module.parameters(), lr=lr,
                                            options=optimizer_options or {})
         self.metrics = MetricSet(metrics)
@@ -114,6 +120,8 @@ class Model:
         checkpoint_every: int | str = "epoch",
         keep_checkpoints: int = 3,
         resume: str | Path | None = None,
+        strategy: str = "auto",
+        sync_batchnorm: bool = False,
         verbose: int | str = "auto",
     ) -> History:
         """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
@@ -127,7 +135,9 @@ class Model:
         ``checkpoint`` is a directory for exact-resume checkpoints, written every ``checkpoint_every`` optimizer
         steps (or at each epoch's end with "epoch"), keeping the newest ``keep_checkpoints``. ``resume`` is a
         checkpoint file or "latest" (the newest in ``checkpoint``; none there yet means a fresh start), so the same
-        script both starts and continues a run. ``verbose``: "auto" (a live bar on a terminal, a line per epoch
+        script both starts and continues a run. ``strategy``: "auto" (DDP when launched by torchrun with several
+        ranks), "ddp", "fsdp" (FSDP2 ``fully_shard``) or "none"; ``sync_batchnorm`` computes BatchNorm statistics
+        over all ranks' batches. ``verbose``: "auto" (a live bar on a terminal, a line per epoch
         otherwise), 1, or 0 for silence.
 
         Example:
@@ -153,11 +163,15 @@ class Model:
             checkpoint = Path(resume).parent
         if seed is not None:
             seed_everything(seed)
-        data_seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+        distributed.init()
+        strategy = resolve_strategy(strategy)
+        rank, world = (distributed.rank(), distributed.world_size()) if strategy != "none" else (0, 1)
+        data_seed = seed if seed is not None else self._shared_seed()
         loader = make_loader(data, batch_size, shuffle=shuffle, seed=data_seed, drop_last=drop_last,
-                             num_workers=num_workers, pin_memory=self.device.type == "cuda")
+                             num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=rank, world=world)
         val_loader = None if validation is None else self._eval_loader(validation, batch_size)
         self.precision = Precision(precision, self.device)
+        forward = self._prepare_strategy(strategy, sync_batchnorm, mode)
         self.steps_per_epoch = len(loader)
         optimizer_steps = -(-self.steps_per_epoch // accumulate) * epochs
         schedule = make_schedule(lr_schedule, self.optimizer, total_steps=optimizer_steps,
@@ -167,11 +181,14 @@ class Model:
             "lr": self.optimizer.param_groups[0]["lr"], "precision": self.precision.name, "mode": mode,
             "clip_grad_norm": clip_grad_norm, "accumulate": accumulate, "seed": seed,
             "lr_schedule": repr(lr_schedule) if lr_schedule is not None else None, "device": str(self.device),
+            "strategy": strategy, "world_size": world, "global_batch_size": batch_size * world * accumulate,
         }
+        if world > 1 and distributed.is_rank_zero():
+            logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
+                        batch_size, batch_size * world * accumulate)
         self.history = History()
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
-        forward = self._graph_module() if mode == "graph" else self.module
         options = FitOptions(
             epochs=epochs, batch_size=batch_size, clip_grad_norm=clip_grad_norm, accumulate=accumulate,
             on_nonfinite=on_nonfinite, data_seed=data_seed, checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -197,15 +214,41 @@ class Model:
             self._graph = torch.compile(self.module)
         return self._graph
 
+    def _shared_seed(self) -> int:
+        """A random data seed that every rank agrees on (rank 0's, broadcast)."""
+        seed = torch.randint(0, 2**31 - 1, (1,))
+        if distributed.is_distributed():
+            torch.distributed.broadcast(seed, src=0)
+        return int(seed.item())
+
+    def _prepare_strategy(self, strategy: str, sync_batchnorm: bool, mode: str) -> Any:
+        """Wrap or shard the module for ``strategy``; returns what the loop calls forward on."""
+        if sync_batchnorm and strategy != "none":
+            convert_sync_batchnorm(self.module, self.device)
+        if strategy == "fsdp" and not getattr(self.module, "_kiln_sharded", False):
+            spec, lr, options = self._optimizer_spec
+            if isinstance(spec, torch.optim.Optimizer):
+                raise ConfigError("strategy='fsdp' rebuilds the optimizer on the sharded parameters: pass the "
+                                  "optimizer by name or class (with lr= and optimizer_options=), not as an object.")
+            fully_shard_module(self.module, param_dtype=self.precision.dtype)
+            self.module._kiln_sharded = True  # type: ignore[assignment]
+            self.optimizer = resolve_optimizer(spec, self.module.parameters(), lr=lr, options=options)
+            self.precision = Precision(self.precision.name, self.device, autocast=False)
+        if strategy == "ddp":
+            wrapped = wrap(self.module, strategy, self.device)
+            return torch.compile(wrapped) if mode == "graph" else wrapped
+        return self._graph_module() if mode == "graph" else self.module
+
     # ------------------------------------------------------------------ inference
     @property
     def inference_module(self) -> torch.nn.Module:
         """The module evaluate, predict and export run: the averaged weights when EMA/SWA is on."""
         return self.averaged if self.averaged is not None else self.module
 
-    def _eval_loader(self, data: Any, batch_size: int) -> Loader:
-        return make_loader(data, batch_size, shuffle=False, num_workers=None,
-                           pin_memory=self.device.type == "cuda")
+    def _eval_loader(self, data: Any, batch_size: int, *, shard: bool = True) -> Loader:
+        rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
+        return make_loader(data, batch_size, shuffle=False, num_workers=None, pin_memory=self.device.type == "cuda",
+                           rank=rank, world=world, even=False)
 
     def evaluate(self, data: Any, *, batch_size: int = 256) -> dict[str, float]:
         """Loss and metrics over ``data`` (same forms as ``fit``), in eval mode without gradients.
@@ -234,6 +277,10 @@ class Model:
             if self.metrics:
                 self.metrics.update(output, y)
             count += n
+        if distributed.is_distributed():  # every rank evaluated its share of the rows
+            sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
+                                                                                device=self.device)]))
+            total, count = sums[0], int(sums[1])
         results = {"loss": float(total) / max(count, 1)} if self.loss is not None else {}
         results.update(self.metrics.compute())
         return results
@@ -247,7 +294,7 @@ class Model:
         """
         if isinstance(data, torch.Tensor | np.ndarray):
             data = ArrayDataset(as_tensor(data, name="x"))
-        loader = self._eval_loader(data, batch_size)
+        loader = self._eval_loader(data, batch_size, shard=False)  # every rank predicts all of data
         module = self.inference_module
         module.eval()
         outputs: list[Any] = []

@@ -25,19 +25,21 @@ class Precision:
         ...     loss = loss_fn(module(x), y)
     """
 
-    def __init__(self, name: str, device: torch.device) -> None:
+    def __init__(self, name: str, device: torch.device, *, autocast: bool = True) -> None:
         key = _ALIASES.get(str(name), str(name))
         if key not in PRECISIONS:
             raise ConfigError(f"precision {name!r} is not supported; use one of {sorted(PRECISIONS)}.")
         self.name = key
         self.device = device
         self.dtype = PRECISIONS[key]
+        # FSDP2 casts parameters itself (its MixedPrecisionPolicy), so autocast is off under it.
+        self.use_autocast = autocast and self.dtype is not None
         self.scaler: torch.amp.GradScaler | None = None
         if key == "fp16":
             self.scaler = torch.amp.GradScaler(device.type)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype is None:
+        if not self.use_autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
