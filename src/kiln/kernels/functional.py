@@ -99,8 +99,9 @@ def fused_linear_cross_entropy(
 
     `input` is (..., H) hidden states, `weight` the (V, H) output projection (an `nn.Linear(H, V).weight`), `target`
     (...) class indices. Rows are processed `chunk_size` at a time (default: chunks whose logits are about as large
-    as `input`). For "mean" and "sum" the gradients are computed during the forward, so peak memory is one chunk of
-    logits plus the gradients. Under autocast the matmuls run in the autocast dtype, as `nn.Linear` would.
+    as `input`, at least 256 rows). For "mean" and "sum" the gradients are computed during the forward, so peak
+    memory is one chunk of logits plus the gradients. Under autocast the matmuls run in the autocast dtype, as
+    `nn.Linear` would.
 
     Example:
         >>> hidden = torch.randn(4, 128, 512, requires_grad=True)  # (B, T, H)
@@ -130,7 +131,7 @@ def fused_linear_cross_entropy(
         )
     rows = input.reshape(-1, input.shape[-1])  # (N, H)
     if chunk_size is None:
-        chunk_size = default_chunk_size(rows.shape[0], weight.shape[1], weight.shape[0])
+        chunk_size = _default_chunk_size(rows.shape[0], weight.shape[1], weight.shape[0])
     elif chunk_size < 1:
         raise ConfigError(f"chunk_size={chunk_size} must be a positive number of rows (or None for automatic)")
     grad_enabled = torch.is_grad_enabled()
@@ -153,10 +154,16 @@ def fused_linear_cross_entropy(
     return loss.reshape(target.shape) if reduction == "none" else loss
 
 
-def default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
-    """Rows per chunk so that a chunk's (C, V) logits hold about as many elements as the (N, H) input."""
+# Fewer rows than this make the per-chunk matmuls too thin to run near peak (K = rows in the weight gradient).
+_MIN_CHUNK_ROWS = 256
+
+
+def _default_chunk_size(n_rows: int, hidden: int, vocab: int) -> int:
+    """Rows per chunk: a power of two whose (C, V) logits hold about as many elements as the (N, H) input, at least
+    `_MIN_CHUNK_ROWS` (a few MiB of logits at most), at most N."""
     chunks = max(1, math.ceil(vocab / max(1, hidden)))
-    return max(1, min(n_rows, 1 << max(0, math.ceil(n_rows / chunks) - 1).bit_length()))
+    rows = 1 << max(0, math.ceil(n_rows / chunks) - 1).bit_length()
+    return max(1, min(n_rows, max(rows, _MIN_CHUNK_ROWS)))
 
 
 def _check_normalized_shape(name: str, input: Tensor, normalized_shape: Sequence[int] | int) -> tuple[int, ...]:
