@@ -104,6 +104,17 @@ class Store:
         run_id = self.database.write(lambda connection: new_run(connection, name, params, tags, info))
         return Run(self, run_id, name, flush_rows=flush_rows, flush_seconds=flush_seconds)
 
+    def resume_run(self, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 15.0) -> Run:
+        """Reopen a run (status back to "running") to keep logging into it, e.g. when training resumes."""
+
+        def reopen(connection: Connection) -> tuple[str, str]:
+            full = find_run_id(connection, run_id)
+            connection.execute(runs.update().where(runs.c.id == full).values(status="running", end_time=None))
+            return full, connection.execute(sa.select(runs.c.name).where(runs.c.id == full)).scalar_one()
+
+        full, name = self.database.write(reopen)
+        return Run(self, full, name, flush_rows=flush_rows, flush_seconds=flush_seconds)
+
     def run(self, run_id: str) -> RunInfo:
         """One run, with its artifacts and the latest value of each metric (``run_id`` may be a unique prefix)."""
 

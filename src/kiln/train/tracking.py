@@ -1,0 +1,217 @@
+"""Record a ``fit`` as a run in a kiln store: parameters, system info, sampled batch loss, epoch logs, status.
+
+The per-step cost is a counter and, every ``every`` steps, keeping a reference to the (detached) loss tensor: no
+``.item()``, no device sync, no database write. Buffered losses are turned into numbers with one ``stack`` and
+written in one transaction per ``flush_steps`` samples and at every epoch end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..distributed import is_rank_zero
+from ..errors import ConfigError, DataError
+from ..store import Run, Store
+from ..store.names import check_name
+from .callbacks import Callback
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["TrackingCallback", "fingerprint"]
+
+
+def _hash_tensor(digest: Any, tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{tensor.dtype}:{tuple(tensor.shape)};".encode())
+    if tensor.numel():
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def fingerprint(dataset: Any) -> str:
+    """A SHA-256 that changes whenever the data does: ``"sha256:<hex>"``.
+
+    In-memory datasets (an ArrayDataset, a tensor, or a tuple of tensors/arrays) hash every tensor's dtype,
+    shape and bytes. File datasets (anything with ``files``/``paths``, a directory or a file path) hash the
+    sorted relative paths with their sizes and modification times (cheap: contents are not read).
+
+    Example:
+        >>> fingerprint(ArrayDataset(x, y))
+        'sha256:3f1c...'
+    """
+    digest = hashlib.sha256()
+    tensors = _tensors_of(dataset)
+    if tensors is not None:
+        digest.update(b"kiln.tensors/1;")
+        for tensor in tensors:
+            _hash_tensor(digest, tensor)
+        return f"sha256:{digest.hexdigest()}"
+    files = _files_of(dataset)
+    if files is None:
+        raise ConfigError(
+            f"cannot fingerprint a {type(dataset).__name__}: pass an ArrayDataset, tensors or arrays, a directory, "
+            "or a dataset with a 'files' or 'paths' list."
+        )
+    digest.update(b"kiln.files/1;")
+    root = os.path.commonpath([str(p) for p in files]) if files else ""
+    for path in sorted(files):
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise DataError(f"fingerprint: cannot stat {path}: {error}.") from error
+        digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _tensors_of(dataset: Any) -> list[torch.Tensor] | None:
+    x = getattr(dataset, "x", None)
+    if x is not None and hasattr(dataset, "take"):  # an ArrayDataset
+        y = getattr(dataset, "y", None)
+        return [*(x if isinstance(x, tuple) else (x,)), *(() if y is None else (y,))]
+    items = dataset if isinstance(dataset, tuple | list) else (dataset,)
+    if all(isinstance(item, torch.Tensor) or hasattr(item, "__array_interface__") for item in items):
+        return [torch.as_tensor(item) for item in items]
+    return None
+
+
+def _files_of(dataset: Any) -> list[Path] | None:
+    if isinstance(dataset, str | os.PathLike):
+        root = Path(dataset)
+        if root.is_dir():
+            return [p for p in root.rglob("*") if p.is_file()]
+        if root.is_file():
+            return [root]
+        raise DataError(f"fingerprint: {root} does not exist.")
+    for attribute in ("files", "paths"):
+        listed = getattr(dataset, attribute, None)
+        if listed is not None:
+            return [Path(p) for p in listed]
+    return None
+
+
+class TrackingCallback(Callback):
+    """Record a ``fit`` into ``store`` as a run named ``run_name``; sets ``model.run_id`` when fit starts.
+
+    Params are ``model.fit_config`` plus ``params``. The batch loss is sampled every ``every`` steps; epoch logs
+    (loss, val_*, lr) are recorded at each epoch's last step. The run ends "finished", "failed" or "killed" as
+    ``model.fit_status`` says. Only rank zero records.
+
+    Example:
+        >>> tracking = TrackingCallback(Store(), "digits-mlp", params={"hidden": 128})
+        >>> model.fit(train, epochs=5, callbacks=[tracking])
+        >>> Store().run(model.run_id).latest["val_accuracy"]
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str] | None,
+        run_name: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        tags: Mapping[str, str] | None = None,
+        data: Any = None,
+        every: int = 10,
+        flush_steps: int = 500,
+    ) -> None:
+        check_name(run_name, what="run name")
+        if not isinstance(every, int) or every < 1 or not isinstance(flush_steps, int) or flush_steps < 1:
+            raise ConfigError(f"every and flush_steps must be positive ints; got {every!r} and {flush_steps!r}.")
+        self._store_arg, self.run_name = store, run_name
+        self.params, self.tags, self.data = dict(params or {}), dict(tags or {}), data
+        self.every, self.flush_steps = every, flush_steps
+        self.run: Run | None = None
+        self._resume_id: str | None = None
+        self._losses: list[torch.Tensor] = []
+        self._steps: list[int] = []
+        self._epoch = 0
+        self._step = 0
+
+    @property
+    def store(self) -> Store:
+        if not isinstance(self._store_arg, Store):
+            self._store_arg = Store(self._store_arg)
+        return self._store_arg
+
+    def on_fit_start(self, model: Model) -> None:
+        if not is_rank_zero():
+            return
+        data = self.data if self.data is not None else getattr(model, "train_data", None)
+        data_fingerprint = getattr(model, "data_fingerprint", None)
+        if data_fingerprint is None and data is not None:
+            try:
+                data_fingerprint = fingerprint(data)
+            except ConfigError:
+                data_fingerprint = None
+        params = {**getattr(model, "fit_config", {}), **self.params}
+        if data_fingerprint is not None:
+            params["data_fingerprint"] = data_fingerprint
+            model.data_fingerprint = data_fingerprint  # type: ignore[attr-defined]
+        if self._resume_id is not None:  # fit resumed from a checkpoint: keep logging into the same run
+            self.run = self.store.resume_run(self._resume_id)
+        else:
+            self.run = self.store.start_run(self.run_name, params=params, tags=self.tags, system=_torch_info(model))
+        model.run_id = self.run.id  # type: ignore[attr-defined]
+        self._losses, self._steps, self._step = [], [], 0
+
+    def on_epoch_start(self, model: Model, epoch: int) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+        self._step = step
+        if self.run is None or step % self.every:
+            return
+        self._losses.append(loss)
+        self._steps.append(step)
+        if len(self._losses) >= self.flush_steps:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        if self.run is None or not self._losses:
+            return
+        values = torch.stack(self._losses).float().cpu().tolist()  # one sync for the whole buffer
+        epoch = self._epoch
+        self.run.log_rows(("batch_loss", step, value, epoch) for step, value in zip(self._steps, values, strict=True))
+        self._losses, self._steps = [], []
+
+    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+        if self.run is None:
+            return
+        self._flush_losses()
+        step = max(self._step, int(getattr(model, "global_step", 0)))
+        numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
+        self.run.log({**numbers, "epoch": float(epoch)}, step=step, epoch=epoch)
+        self.run.flush()
+
+    def on_fit_end(self, model: Model) -> None:
+        if self.run is None:
+            return
+        status = getattr(model, "fit_status", "finished")
+        try:
+            self._flush_losses()
+        finally:
+            self.run.finish(status if status in ("finished", "failed", "killed") else "failed")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": None if self.run is None else self.run.id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_id = state.get("run_id")
+
+
+def _torch_info(model: Any) -> dict[str, Any]:
+    device = getattr(model, "device", None)
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": str(device) if device is not None else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
