@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 import torch
 import triton
 from torch import Tensor
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # A row-wise kernel holds one whole row in registers; past this width the reference path is used instead.
 MAX_ROW_BLOCK = 65536
@@ -38,3 +43,18 @@ def backward_programs(n_rows: int, device: torch.device) -> int:
 @functools.cache
 def _multiprocessors(index: int) -> int:
     return int(torch.cuda.get_device_properties(index).multi_processor_count)
+
+
+def on_input_device(function: Callable[P, R]) -> Callable[P, R]:
+    """Launch on the device of the first tensor argument: Triton launches on the *current* CUDA device, which need
+    not be the tensors' (several GPUs in one process)."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        tensor = next(arg for arg in args if isinstance(arg, torch.Tensor))
+        if not tensor.is_cuda:
+            return function(*args, **kwargs)
+        with torch.cuda.device(tensor.device):
+            return function(*args, **kwargs)
+
+    return wrapper

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kiln.kernels._triton_utils import rows_contiguous
+from kiln.kernels._triton_utils import on_input_device, rows_contiguous
 
 __all__ = ["cross_entropy_backward", "cross_entropy_forward"]
 
@@ -90,6 +90,7 @@ def _backward_kernel(
     tl.store(grad_ptr, grad.to(grad_logits_ptr.dtype.element_ty), mask=mask)
 
 
+@on_input_device
 def cross_entropy_forward(
     logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float
 ) -> tuple[Tensor, Tensor]:
@@ -115,6 +116,7 @@ def cross_entropy_forward(
     return loss, lse
 
 
+@on_input_device
 def cross_entropy_backward(
     grad_loss: Tensor,
     logits: Tensor,

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kiln.kernels._triton_utils import backward_programs, row_block, rows_contiguous
+from kiln.kernels._triton_utils import backward_programs, on_input_device, row_block, rows_contiguous
 
 __all__ = ["layer_norm_backward", "layer_norm_forward"]
 
@@ -96,6 +96,7 @@ def _backward_kernel(
         tl.store(grad_bias_partial_ptr + program * n_columns + columns, grad_bias, mask=mask)
 
 
+@on_input_device
 def layer_norm_forward(
     input: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -124,6 +125,7 @@ def layer_norm_forward(
     return output, mean, rstd
 
 
+@on_input_device
 def layer_norm_backward(
     grad_output: Tensor, input: Tensor, weight: Tensor | None, bias: Tensor | None, mean: Tensor, rstd: Tensor
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:

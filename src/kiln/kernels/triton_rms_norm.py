@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kiln.kernels._triton_utils import backward_programs, row_block, rows_contiguous
+from kiln.kernels._triton_utils import backward_programs, on_input_device, row_block, rows_contiguous
 
 __all__ = ["rms_norm_backward", "rms_norm_forward"]
 
@@ -80,6 +80,7 @@ def _backward_kernel(
         tl.store(grad_weight_partial_ptr + program * n_columns + columns, grad_weight, mask=mask)
 
 
+@on_input_device
 def rms_norm_forward(input: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
     """Output (N, H) in the input dtype and rstd (N,) float32; see `kiln.kernels.reference.rms_norm_forward`."""
     input = rows_contiguous(input)  # (N, H)
@@ -102,6 +103,7 @@ def rms_norm_forward(input: Tensor, weight: Tensor | None, eps: float) -> tuple[
     return output, rstd
 
 
+@on_input_device
 def rms_norm_backward(
     grad_output: Tensor, input: Tensor, weight: Tensor | None, rstd: Tensor
 ) -> tuple[Tensor, Tensor | None]:

@@ -11,6 +11,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kiln.kernels._triton_utils import on_input_device
+
 __all__ = ["swiglu_backward", "swiglu_forward"]
 
 _BLOCK = 1024
@@ -41,6 +43,7 @@ def _backward_kernel(
     tl.store(grad_up_ptr + offsets, (grad * gate * sigmoid).to(grad_up_ptr.dtype.element_ty), mask=mask)
 
 
+@on_input_device
 def swiglu_forward(gate: Tensor, up: Tensor) -> Tensor:
     """`silu(gate) * up`; see `kiln.kernels.reference.swiglu_forward`."""
     gate, up = gate.contiguous(), up.contiguous()
@@ -50,6 +53,7 @@ def swiglu_forward(gate: Tensor, up: Tensor) -> Tensor:
     return output
 
 
+@on_input_device
 def swiglu_backward(grad_output: Tensor, gate: Tensor, up: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients for gate and up; see `kiln.kernels.reference.swiglu_backward`."""
     grad_output, gate, up = grad_output.contiguous(), gate.contiguous(), up.contiguous()
