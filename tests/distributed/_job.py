@@ -11,11 +11,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file
 from torch import nn
 
 import kiln
 from kiln.data import ArrayDataset
+from kiln.train.strategy import full_state
 
 
 def build(kind: str) -> nn.Module:
@@ -59,7 +60,7 @@ def main() -> None:
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(512, 12, generator=generator), torch.randint(0, 3, (512,), generator=generator)
-    model = kiln.Model(build(args.model), loss="cross_entropy", optimizer="sgd", lr=0.05, metrics=["accuracy"])
+    model = kiln.Model(build(args.model), loss="cross_entropy", optimizer="adam", lr=0.01, metrics=["accuracy"])
     callbacks: list[kiln.Callback] = []
     if args.step_log:
         callbacks.append(StepLog(args.step_log))
@@ -70,9 +71,10 @@ def main() -> None:
     history = model.fit(ArrayDataset(x, y), epochs=args.epochs, batch_size=args.batch_size, seed=5,
                         validation=ArrayDataset(x[:100], y[:100]), strategy=args.strategy,
                         sync_batchnorm=args.sync_batchnorm, callbacks=callbacks, verbose=0, **extra)
+    weights, _ = full_state(model.module, model.optimizer)  # a collective under FSDP: every rank joins
     if kiln.distributed.is_rank_zero():
         if args.out:
-            save_model(model.module, str(args.out))
+            save_file({k: v.contiguous() for k, v in weights.items()}, str(args.out))
         print(json.dumps({"world": model.fit_config["world_size"], "history": history.history,
                           "global_batch": model.fit_config["global_batch_size"], "pid": os.getpid()}))
 

@@ -35,10 +35,15 @@ def _result(completed: subprocess.CompletedProcess[str]) -> dict:
     return json.loads([line for line in completed.stdout.splitlines() if line.startswith("{")][-1])
 
 
-@pytest.mark.parametrize(("model", "flags"), [("mlp", []), ("bn", ["--sync-batchnorm"])])
+@pytest.mark.parametrize(
+    ("model", "flags"),
+    [("mlp", []), ("bn", ["--sync-batchnorm"]), ("mlp", ["--strategy", "fsdp"])],
+    ids=["ddp-mlp", "ddp-batchnorm", "fsdp-mlp"],
+)
 def test_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, model, flags):
+    single_flags = [f for f in flags if f not in ("--strategy", "fsdp")]
     single = _result(_run([sys.executable, str(JOB), "--model", model, "--batch-size", "32",
-                           "--out", str(tmp_path / "one.safetensors"), *flags]))
+                           "--out", str(tmp_path / "one.safetensors"), *single_flags]))
     double = _result(_run(_torchrun(["--model", model, "--batch-size", "16", "--out",
                                      str(tmp_path / "two.safetensors"), *flags])))
     assert single["world"] == 1 and double["world"] == 2
@@ -82,8 +87,9 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def test_sigkill_of_the_whole_job_then_resume_is_exact(tmp_path):
-    common = ["--batch-size", "16", "--epochs", "2"]
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_sigkill_of_the_whole_job_then_resume_is_exact(tmp_path, strategy):
+    common = ["--batch-size", "16", "--epochs", "2", "--strategy", strategy]
     reference = _result(_run(_torchrun([*common, "--step-log", str(tmp_path / "ref.jsonl"), "--out",
                                         str(tmp_path / "ref.safetensors")])))
     expected = [(r["step"], r["loss"]) for r in _read_log(tmp_path / "ref.jsonl")]

@@ -21,6 +21,7 @@ from ..distributed import all_reduce_sum, is_distributed, is_rank_zero, world_si
 from ..errors import CheckpointError, DataError, NonFiniteLossError
 from .callbacks import Callback, overrides
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .strategy import full_state, is_sharded, load_full_state
 
 if TYPE_CHECKING:
     from ..data.loader import Loader
@@ -211,13 +212,14 @@ class FitLoop:
 
     def state_dict(self, epoch: int, batch: int, losses: list[torch.Tensor]) -> dict[str, Any]:
         model = self.model
+        module_state, optimizer_state = full_state(model.module, model.optimizer)
         return {
             "loop": {"epoch": epoch, "batch": batch, "global_step": model.global_step,
                      "data_seed": self.options.data_seed, "skipped_steps": self.skipped_steps,
                      "losses": torch.stack(losses) if losses else torch.zeros(0)},
             "compatibility": self._compatibility(),
-            "module": model.module.state_dict(),
-            "optimizer": model.optimizer.state_dict(),
+            "module": module_state,
+            "optimizer": optimizer_state,
             "precision": model.precision.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule is not None else None,
             "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
@@ -225,10 +227,15 @@ class FitLoop:
         }
 
     def save(self, epoch: int, batch: int, losses: list[torch.Tensor]) -> None:
-        if not is_rank_zero() or self.options.checkpoint is None:
+        if self.options.checkpoint is None:
             return
-        save_checkpoint(self.options.checkpoint, self.state_dict(epoch, batch, losses), step=self.model.global_step,
-                        keep=self.options.keep_checkpoints)
+        sharded = is_sharded(self.model.module)
+        if not (sharded or is_rank_zero()):
+            return
+        state = self.state_dict(epoch, batch, losses)  # under FSDP a collective: every rank gathers
+        if is_rank_zero():
+            save_checkpoint(self.options.checkpoint, state, step=self.model.global_step,
+                            keep=self.options.keep_checkpoints)
 
     def resume(self, resume: str | Path) -> bool:
         """Restore the state of a checkpoint; ``"latest"`` with no checkpoint yet starts fresh (returns False)."""
@@ -244,8 +251,7 @@ class FitLoop:
         state = load_checkpoint(path)
         self._check_compatible(state["compatibility"], path)
         model = self.model
-        model.module.load_state_dict(state["module"])
-        model.optimizer.load_state_dict(state["optimizer"])
+        load_full_state(model.module, model.optimizer, state["module"], state["optimizer"])
         model.precision.load_state_dict(state["precision"])
         if self.schedule is not None and state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])

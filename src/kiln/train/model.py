@@ -23,7 +23,7 @@ from .optim import resolve_optimizer
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import make_schedule
-from .strategy import convert_sync_batchnorm, fully_shard_module, resolve_strategy, wrap
+from .strategy import convert_sync_batchnorm, fully_shard_module, is_sharded, resolve_strategy, wrap
 
 __all__ = ["Model", "default_device", "seed_everything"]
 
@@ -169,9 +169,9 @@ class Model:
         data_seed = seed if seed is not None else self._shared_seed()
         loader = make_loader(data, batch_size, shuffle=shuffle, seed=data_seed, drop_last=drop_last,
                              num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=rank, world=world)
-        val_loader = None if validation is None else self._eval_loader(validation, batch_size)
         self.precision = Precision(precision, self.device)
         forward = self._prepare_strategy(strategy, sync_batchnorm, mode)
+        val_loader = None if validation is None else self._eval_loader(validation, batch_size)  # after sharding
         self.steps_per_epoch = len(loader)
         optimizer_steps = -(-self.steps_per_epoch // accumulate) * epochs
         schedule = make_schedule(lr_schedule, self.optimizer, total_steps=optimizer_steps,
@@ -225,13 +225,12 @@ class Model:
         """Wrap or shard the module for ``strategy``; returns what the loop calls forward on."""
         if sync_batchnorm and strategy != "none":
             convert_sync_batchnorm(self.module, self.device)
-        if strategy == "fsdp" and not getattr(self.module, "_kiln_sharded", False):
+        if strategy == "fsdp" and not is_sharded(self.module):
             spec, lr, options = self._optimizer_spec
             if isinstance(spec, torch.optim.Optimizer):
                 raise ConfigError("strategy='fsdp' rebuilds the optimizer on the sharded parameters: pass the "
                                   "optimizer by name or class (with lr= and optimizer_options=), not as an object.")
             fully_shard_module(self.module, param_dtype=self.precision.dtype)
-            self.module._kiln_sharded = True  # type: ignore[assignment]
             self.optimizer = resolve_optimizer(spec, self.module.parameters(), lr=lr, options=options)
             self.precision = Precision(self.precision.name, self.device, autocast=False)
         if strategy == "ddp":
@@ -245,7 +244,12 @@ class Model:
         """The module evaluate, predict and export run: the averaged weights when EMA/SWA is on."""
         return self.averaged if self.averaged is not None else self.module
 
+    def _shards_evaluation(self) -> bool:
+        """Ranks split evaluation data, except under FSDP, whose forward is a collective every rank must join."""
+        return distributed.is_distributed() and not is_sharded(self.module)
+
     def _eval_loader(self, data: Any, batch_size: int, *, shard: bool = True) -> Loader:
+        shard = shard and self._shards_evaluation()
         rank, world = (distributed.rank(), distributed.world_size()) if shard else (0, 1)
         return make_loader(data, batch_size, shuffle=False, num_workers=None, pin_memory=self.device.type == "cuda",
                            rank=rank, world=world, even=False)
@@ -277,7 +281,7 @@ class Model:
             if self.metrics:
                 self.metrics.update(output, y)
             count += n
-        if distributed.is_distributed():  # every rank evaluated its share of the rows
+        if self._shards_evaluation():  # every rank evaluated its share of the rows
             sums = distributed.all_reduce_sum(torch.stack([total, torch.tensor(float(count), dtype=torch.float64,
                                                                                 device=self.device)]))
             total, count = sums[0], int(sums[1])

@@ -97,6 +97,38 @@ def fully_shard_module(module: nn.Module, *, param_dtype: torch.dtype | None) ->
     return module
 
 
+def is_sharded(module: nn.Module) -> bool:
+    """True once FSDP2 has sharded ``module`` (its parameters are DTensors)."""
+    return any(hasattr(p, "full_tensor") for p in module.parameters())
+
+
+def full_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Model and optimizer state_dicts; for a sharded module the full (unsharded) ones, gathered to the CPU.
+
+    A collective under FSDP: every rank must call it. Full state dicts do not depend on the number of ranks, so a
+    checkpoint resumes on any rank count.
+    """
+    if not is_sharded(module):
+        return module.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_state_dict(module, optimizer, options=options)
+
+
+def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, module_state: dict[str, Any],
+                    optimizer_state: dict[str, Any]) -> None:
+    """Inverse of :func:`full_state`: load full state dicts into a plain or sharded module and its optimizer."""
+    if not is_sharded(module):
+        module.load_state_dict(module_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    set_state_dict(module, optimizer, model_state_dict=module_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+
+
 def wrap(module: nn.Module, strategy: str, device: torch.device) -> Any:
     """The module the training loop calls: the module itself, or its DDP wrapper (FSDP2 shards in place)."""
     if strategy == "ddp":
