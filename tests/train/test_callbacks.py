@@ -76,7 +76,7 @@ def test_early_stopping_stops_and_restores_best():
 
 
 def test_early_stopping_rejects_missing_monitor():
-    with pytest.raises(kiln.KilnError, match="val_loss.*not in the epoch logs"):
+    with pytest.raises(kiln.KilnError, match=r"val_loss.*not in the epoch logs"):
         model().fit((X, Y), epochs=2, callbacks=[kiln.EarlyStopping()], verbose=0)
 
 

@@ -163,3 +163,19 @@ def test_multi_input_module():
     model = kiln.Model(TwoTower(), loss="cross_entropy")
     model.fit(ArrayDataset((left, right), y), epochs=1, batch_size=8, verbose=0)
     assert model.predict(ArrayDataset((left, right))).shape == (40, 4)
+
+
+def test_kernels_on_swaps_norms_and_loss_and_keeps_results():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    plain = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.ReLU(), nn.Linear(16, 3))
+    fused = copy.deepcopy(plain)
+    a = kiln.Model(plain, loss="cross_entropy", optimizer="sgd", lr=0.1, kernels="off")
+    b = kiln.Model(fused, loss="cross_entropy", optimizer="sgd", lr=0.1, kernels="on")
+    assert type(fused[1]).__module__.startswith("kiln.kernels") and type(plain[1]) is nn.LayerNorm
+    a.fit((x, y), epochs=2, batch_size=16, shuffle=False, verbose=0)
+    b.fit((x, y), epochs=2, batch_size=16, shuffle=False, verbose=0)
+    for p, q in zip(plain.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5)
+    with pytest.raises(kiln.KilnError, match="kernels must be"):
+        kiln.Model(nn.Linear(2, 2), kernels="fast")

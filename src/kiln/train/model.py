@@ -17,7 +17,7 @@ from ..data.loader import Loader, make_loader
 from ..errors import ConfigError, DataError, ShapeError
 from .callbacks import Callback, History
 from .loop import FitLoop, FitOptions, call, split_batch
-from .losses import resolve_loss
+from .losses import Loss, resolve_loss
 from .metrics import MetricSet
 from .optim import resolve_optimizer
 from .precision import Precision
@@ -72,12 +72,17 @@ class Model:
         optimizer_options: dict[str, Any] | None = None,
         metrics: Sequence[Any] | dict[str, Any] | None = None,
         device: str | torch.device = "auto",
+        kernels: str = "auto",
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"Model wraps a torch.nn.Module; got {type(module).__name__}.")
         self.device = default_device() if device == "auto" else torch.device(device)
         self.module = module.to(self.device)
+        if kernels not in ("auto", "on", "off"):
+            raise ConfigError(f"kernels must be 'auto', 'on' or 'off', got {kernels!r}.")
         self.loss = None if loss is None else resolve_loss(loss)
+        if kernels == "on" or (kernels == "auto" and self.device.type == "cuda"):
+            self._use_fused_kernels(loss, force=kernels == "on")
         self._optimizer_spec = (optimizer, lr, optimizer_options or {})
         self.optimizer = resolve_optimizer(optimizer, self.module.parameters(), lr=lr,
                                            options=optimizer_options or {})
@@ -92,6 +97,15 @@ class Model:
         self.precision = Precision("fp32", self.device)
         self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
         self._graph: Any = None  # the torch.compile wrapper of module, built on first use
+
+    def _use_fused_kernels(self, loss: Any, *, force: bool) -> None:
+        """Swap norms and the cross-entropy loss for kiln's fused kernels where they are faster (CUDA + Triton)."""
+        from .. import kernels
+
+        kernels.apply(self.module, device=self.device, force=force)
+        fused = kernels.fused_loss(loss, self.device, force=force) if loss is not None else None
+        if fused is not None:
+            self.loss = Loss(fused, "cross_entropy")  # keeps the first-batch checks and (B, T, C) handling
 
     def __repr__(self) -> str:
         params = sum(p.numel() for p in self.module.parameters())
