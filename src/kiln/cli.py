@@ -161,6 +161,119 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=handler)
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    import os
+
+    from .errors import ConfigError
+
+    if args.token is not None and args.token_env is not None:
+        raise ConfigError("pass --token or --token-env, not both.")
+    if args.token_env is None:
+        return args.token  # type: ignore[no-any-return]
+    token = os.environ.get(args.token_env)
+    if not token:
+        raise ConfigError(f"--token-env {args.token_env}: that environment variable is not set or empty.")
+    return token
+
+
+def _token_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--token", help="bearer token (visible in the process list: prefer --token-env)")
+    group.add_argument("--token-env", metavar="NAME", help="read the bearer token from this environment variable")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(
+        host=args.host, port=args.port, workers=args.workers, threads=args.threads, runtime=args.runtime,
+        max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
+        timeout_s=args.timeout, max_body_bytes=args.max_body_bytes, header_timeout_s=args.client_timeout,
+        body_timeout_s=args.client_timeout, token=_token(args), access_log=not args.no_access_log,
+    )  # fmt: skip
+    return serve(args.reference, store=args.store, config=config)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "serve",
+        help="serve a registered model over HTTP (kiln JSON + Open Inference Protocol) until SIGTERM",
+        description="Load NAME@ALIAS from the store (every hash verified), warm it up, then answer requests "
+        "through a dynamic batcher. Binds 127.0.0.1 unless given a token.",
+    )
+    parser.add_argument("reference", help="digits, digits@3 or digits@production")
+    _store_option(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads per worker (default: 1 on small boxes)"
+    )
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto",
+                        help="auto: ONNX Runtime when the package has a graph, else torch")  # fmt: skip
+    parser.add_argument("--max-batch-size", type=int, default=64, help="samples per model call (default 64)")
+    parser.add_argument("--max-delay-ms", type=float, default=0.0,
+                        help="how long an idle model waits to fill a batch (default 0)")  # fmt: skip
+    parser.add_argument("--max-queue", type=int, default=1024, help="queued requests before 503 (default 1024)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds before a request gets 504 (default 10)")
+    parser.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger bodies get 413 (default 4 MiB)")
+    parser.add_argument("--client-timeout", type=float, default=10.0,
+                        help="seconds a client has to send its headers, and its body (default 10)")  # fmt: skip
+    parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
+    _token_options(parser)
+    parser.set_defaults(handler=_serve)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import orjson
+
+    from .errors import ConfigError, KilnError
+
+    text = sys.stdin.read() if args.input in (None, "-") else args.input
+    if args.input is not None and args.input.startswith("@"):
+        with open(args.input[1:], "rb") as handle:
+            text = handle.read().decode()
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise ConfigError(f"the input is not valid JSON ({error}); pass e.g. --input '[[0.1, 0.2, ...]]'.") from None
+    if isinstance(payload, dict) and "inputs" in payload:
+        payload = payload["inputs"]
+    if args.local:
+        from .serve.local import predict_local
+
+        outputs = predict_local(args.model, payload, store=args.store, runtime=args.runtime)
+    else:
+        import httpx
+
+        from .serve import Client
+
+        with Client(args.url, token=_token(args)) as client:
+            try:
+                outputs = client.predict(args.model.partition("@")[0], payload)
+            except httpx.HTTPError as error:
+                raise KilnError(f"no answer from {args.url} ({error}); is `kiln serve` running there?") from None
+    print(orjson.dumps({"outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser(
+        "predict",
+        help="send inputs to a running `kiln serve` (or, with --local, to the model in this process)",
+        description='Inputs are JSON: one sample, a batch, {name: array} for several inputs, or {"inputs": ...}. '
+        'Prints {"outputs": ...}.',
+    )
+    parser.add_argument("model", help="the served model's name (with --local: digits@production)")
+    parser.add_argument("--input", "-i", default=None, help="JSON text, @FILE, or - for stdin (default: stdin)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
+    parser.add_argument("--local", action="store_true", help="load the model from the store instead of a server")
+    parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="with --local")
+    _store_option(parser)
+    _token_options(parser)
+    parser.set_defaults(handler=_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln",
@@ -172,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_runs(sub)
     _add_models(sub)
+    _add_serve(sub)
+    _add_predict(sub)
     return parser
 
 

@@ -1,0 +1,105 @@
+"""The OpenAPI document (``/openapi.json``) and a self-contained HTML page over it (``/docs``, no external scripts)."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any
+
+from .. import __version__
+from .tensors import TensorSpec
+
+__all__ = ["docs_page", "openapi"]
+
+
+def _array_schema(spec: TensorSpec, *, batched: bool) -> dict[str, Any]:
+    item: dict[str, Any] = {"type": "integer"} if spec.dtype.kind in "iu" else {"type": "number"}
+    if spec.dtype.kind == "b":
+        item = {"type": "boolean"}
+    for size in reversed((None, *spec.shape) if batched else spec.shape):
+        item = {"type": "array", "items": item, **({"minItems": size, "maxItems": size} if size else {})}
+    return item
+
+
+def _error(description: str) -> dict[str, Any]:
+    schema = {"type": "object", "properties": {"error": {"type": "string"}}}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _error("malformed request (invalid JSON, ragged lists)"),
+    "401": _error("missing or wrong bearer token (when the server has one)"),
+    "413": _error("body over the size limit"),
+    "422": _error("inputs do not match the signature (dtype, shape, non-finite)"),
+    "503": _error("not ready yet, or the queue is full (see Retry-After)"),
+    "504": _error("not answered within the request timeout"),
+}
+
+
+def _get(summary: str) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "401": _ERRORS["401"]}}}
+
+
+def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this server; request schemas follow the model's signature once it is loaded."""
+    model = name or "{name}"
+    if len(inputs) == 1:
+        v1_inputs: dict[str, Any] = {"oneOf": [_array_schema(inputs[0], batched=True),
+                                               _array_schema(inputs[0], batched=False)]}  # fmt: skip
+    else:
+        v1_inputs = {"type": "object", "properties": {s.name: _array_schema(s, batched=True) for s in inputs}}
+    v2_input = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+                       "datatype": {"type": "string"}, "data": {"type": "array"}},
+    }  # fmt: skip
+    post = {"responses": {"200": {"description": "model outputs"}, **_ERRORS}}
+    paths = {
+        f"/v1/models/{model}:predict": {"post": {
+            "summary": "Predict: {\"inputs\": one sample or a batch} -> {\"outputs\": ...}",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["inputs"], "properties": {"inputs": v1_inputs}}}}},
+            **post}},
+        f"/v1/models/{model}": _get("Model metadata: version, runtime, signature, preprocessing"),
+        f"/v2/models/{model}/infer": {"post": {
+            "summary": "Open Inference Protocol (KServe v2) inference",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["inputs"],
+                "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": v2_input},
+                               "outputs": {"type": "array"}}}}}},
+            **post}},
+        f"/v2/models/{model}": _get("Open Inference Protocol model metadata"),
+        f"/v2/models/{model}/ready": _get("Model readiness"),
+        "/v2": _get("Open Inference Protocol server metadata"),
+        "/v2/health/live": _get("Liveness (Open Inference Protocol)"),
+        "/v2/health/ready": _get("Readiness (Open Inference Protocol)"),
+        "/livez": _get("Liveness: the process answers"),
+        "/readyz": _get("Readiness: the model is loaded, verified and warmed up"),
+        "/metrics": _get("Prometheus metrics (text exposition format)"),
+    }  # fmt: skip
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"kiln serve: {model}", "version": __version__},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+def docs_page(document: dict[str, Any]) -> bytes:
+    """A plain HTML listing of the OpenAPI paths, with the raw document one link away."""
+    rows = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code></td>"
+                f"<td>{html.escape(operation.get('summary', ''))}</td></tr>"
+            )
+    title = html.escape(document["info"]["title"])
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"
+        f"<h1>{title}</h1><p>Machine-readable: <a href='/openapi.json'>/openapi.json</a></p>"
+        f"<table border='1' cellpadding='4'><tr><th>method</th><th>path</th><th>what</th></tr>{''.join(rows)}"
+        "</table></body></html>"
+    ).encode()
