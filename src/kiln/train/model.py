@@ -48,6 +48,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _first_input(data: Any) -> Any:
+    """One row of inputs from ``data`` (shape (1, ...)), or None when it cannot be taken cheaply."""
+    try:
+        if isinstance(data, tuple) and len(data) == 2:
+            data = ArrayDataset(*data)
+        if isinstance(data, ArrayDataset):
+            x, _ = data.take(slice(0, 1))
+            return x
+        if hasattr(data, "__getitem__") and hasattr(data, "__len__") and len(data):
+            x, _ = split_batch(data[0])
+            return tuple(t.unsqueeze(0) for t in x) if isinstance(x, tuple | list) else torch.as_tensor(x)[None]
+    except Exception:
+        return None
+    return None
+
+
+def _run_name(module: torch.nn.Module) -> str:
+    return type(module).__name__.lower()
+
+
 class Model:
     """A torch.nn.Module with a loss, an optimizer and metrics: ``fit``, ``evaluate``, ``predict``.
 
@@ -73,6 +93,7 @@ class Model:
         metrics: Sequence[Any] | dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         kernels: str = "auto",
+        store: Any = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise ConfigError(f"Model wraps a torch.nn.Module; got {type(module).__name__}.")
@@ -96,6 +117,11 @@ class Model:
         self.steps_per_epoch = 0
         self.precision = Precision("fp32", self.device)
         self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
+        self.store = store
+        self.run_id: str | None = None  # set by run tracking
+        self.data_fingerprint: str | None = None
+        self.train_data: Any = None
+        self.example_input: Any = None  # one input batch of the last fit: fixes the signature on register
         self._graph: Any = None  # the torch.compile wrapper of module, built on first use
 
     def _use_fused_kernels(self, loss: Any, *, force: bool) -> None:
@@ -136,6 +162,7 @@ class Model:
         resume: str | Path | None = None,
         strategy: str = "auto",
         sync_batchnorm: bool = False,
+        run: str | None = None,
         verbose: int | str = "auto",
     ) -> History:
         """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
@@ -151,7 +178,8 @@ class Model:
         checkpoint file or "latest" (the newest in ``checkpoint``; none there yet means a fresh start), so the same
         script both starts and continues a run. ``strategy``: "auto" (DDP when launched by torchrun with several
         ranks), "ddp", "fsdp" (FSDP2 ``fully_shard``) or "none"; ``sync_batchnorm`` computes BatchNorm statistics
-        over all ranks' batches. ``verbose``: "auto" (a live bar on a terminal, a line per epoch
+        over all ranks' batches. ``run`` names the run this fit is recorded as in the Model's store (or the
+        default store, ``$KILN_HOME`` or ``./.kiln``). ``verbose``: "auto" (a live bar on a terminal, a line per epoch
         otherwise), 1, or 0 for silence.
 
         Example:
@@ -201,8 +229,13 @@ class Model:
             logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
                         batch_size, batch_size * world * accumulate)
         self.history = History()
+        self.train_data, self.example_input = data, _first_input(data)
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
+        if run is not None or self.store is not None:
+            from .tracking import TrackingCallback
+
+            all_callbacks.append(TrackingCallback(self.store, run or _run_name(self.module)))
         options = FitOptions(
             epochs=epochs, batch_size=batch_size, clip_grad_norm=clip_grad_norm, accumulate=accumulate,
             on_nonfinite=on_nonfinite, data_seed=data_seed, checkpoint=None if checkpoint is None else Path(checkpoint),
@@ -327,6 +360,31 @@ class Model:
         if isinstance(outputs[0], tuple | list):
             return type(outputs[0])(torch.cat([o[i].cpu() for o in outputs]) for i in range(len(outputs[0])))
         raise ShapeError(f"predict cannot concatenate model outputs of type {type(outputs[0]).__name__}.")
+
+    # ------------------------------------------------------------------ registry
+    def register(self, name: str, *, store: Any = None, example_input: Any = None, **options: Any) -> Any:
+        """Publish the trained module (averaged weights when EMA/SWA is on) as the next version of ``name``.
+
+        The package holds safetensors weights, an ONNX graph where the module exports, the signature fixed by
+        ``example_input`` (default: one input row of the last fit's data) and lineage to the run. ``options`` go
+        to :func:`kiln.export.register_module` (factory, config, preprocessing, description, tags, ...).
+
+        Example:
+            >>> model.fit(train, epochs=10, validation=val, run="digits-cnn")
+            >>> version = model.register("digits", description="small CNN")
+        """
+        from ..export import register_module
+
+        example = example_input if example_input is not None else self.example_input
+        if example is None:
+            raise ConfigError("register needs example_input= (one batch of inputs) when fit has not run on data "
+                              "kiln can take a row from.")
+        metrics = options.pop("metrics", None)
+        if metrics is None and self.history is not None:
+            metrics = {k: v[-1] for k, v in self.history.history.items() if k != "lr" and v}
+        return register_module(self.inference_module, name, store=store if store is not None else self.store,
+                               example_input=example, metrics=metrics, run_id=self.run_id,
+                               data_fingerprint=self.data_fingerprint, **options)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
