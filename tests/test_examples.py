@@ -1,0 +1,46 @@
+"""The examples and the README's commands are executed, as a user would run them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_example(name: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILN_HOME": str(cwd / ".kiln")}
+    completed = subprocess.run([sys.executable, str(ROOT / "examples" / name), *args], cwd=cwd, env=env,
+                               capture_output=True, text=True, timeout=600, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def accuracy(output: str) -> float:
+    match = re.search(r"test accuracy ([0-9.]+)", output)
+    assert match, output
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize(("name", "args", "minimum"), [
+    ("lstm_sequence.py", ["--epochs", "4"], 0.9),
+    ("transformer_encoder.py", ["--epochs", "3"], 0.9),
+])
+def test_sequence_examples_train(tmp_path, name, args, minimum):
+    assert accuracy(run_example(name, *args, cwd=tmp_path)) >= minimum
+
+
+def test_readme_starts_with_the_two_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    block = lines[lines.index("```bash") + 1 : lines.index("```bash") + 3]
+    assert block[0].startswith("bash scripts/quickstart.sh") and block[1].startswith("bash scripts/test.sh")
+    assert (ROOT / ".ci" / "run").read_text().strip().endswith("bash scripts/test.sh -q")
+    for script in ("quickstart.sh", "test.sh", "setup.sh"):
+        completed = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True,
+                                   check=False)
+        assert completed.returncode == 0, completed.stderr
