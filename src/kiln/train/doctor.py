@@ -1,0 +1,711 @@
+"""The gradient doctor: looks at gradients, updates, activations and the loss on sampled steps and names what is wrong.
+
+Between looks the doctor costs two list appends per batch. A look (steps 0, 1, 2, 4, ..., ``early`` and then every
+``every`` steps) measures per-layer gradient norms, weight norms, the update/weight ratio of the step that follows,
+and, through forward hooks that exist only for that one step, the fraction of ReLU units that never fire.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..distributed import is_rank_zero
+from ..errors import ConfigError
+from .callbacks import Callback
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["KINDS", "Finding", "GradientDoctor"]
+
+logger = logging.getLogger("kiln.doctor")
+
+KINDS = ("vanishing", "exploding", "loss_spike", "dead_relu", "nonfinite")
+_TITLES = {
+    "vanishing": "vanishing gradients",
+    "exploding": "exploding gradients",
+    "loss_spike": "loss spike",
+    "dead_relu": "dead ReLU units",
+    "nonfinite": "non-finite values",
+}
+_SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh, nn.Softsign, nn.LogSigmoid)
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+_RELUS = (nn.ReLU, nn.ReLU6)
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.GroupNorm,
+)
+_EMA_HINT = "callbacks=[EMA(decay=0.999)] from kiln.train.averaging"
+
+
+@dataclass
+class Finding:
+    """One diagnosis: what (``kind``), where (module paths), when (optimizer step), the numbers, and what to try.
+
+    ``kind`` is one of :data:`KINDS`; ``layers`` are paths as ``module.named_modules()`` spells them ("(root)" for
+    parameters that sit directly on the top module); ``step`` counts the optimizer steps done before the evidence.
+
+    Example:
+        >>> finding = history.diagnostics[0]
+        >>> finding.kind, finding.layers, finding.step
+        ('vanishing', ['0', '2'], 1)
+        >>> print(finding)   # the same text the progress output shows
+    """
+
+    kind: str
+    layers: list[str]
+    step: int
+    evidence: str
+    remedies: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        where = ", ".join(repr(name) for name in self.layers) or "the model"
+        lines = [
+            f"kiln doctor: {_TITLES.get(self.kind, self.kind)} in {where} (step {self.step})",
+            f"  evidence: {self.evidence}",
+        ]
+        return "\n".join([*lines, *(f"  try: {remedy}" for remedy in self.remedies)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    params: list[torch.Tensor]
+    order_hook: Any = None
+
+    @property
+    def label(self) -> str:
+        return f"'{self.name}' ({type(self.module).__name__})"
+
+
+def _round(value: float) -> float:
+    """Two significant digits: a value a person would type."""
+    if value <= 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.2g}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+class GradientDoctor(Callback):
+    """Watch training on sampled steps and report vanishing or exploding gradients, loss spikes, dead ReLUs and NaN/Inf.
+
+    Each finding is reported once: logged to the ``kiln.doctor`` logger and printed with the progress output (rank 0
+    only), appended to ``model.history.diagnostics`` and to ``doctor.findings``. A healthy model produces none.
+
+    What it looks for, on looks at steps 0, 1, 2, 4, ... ``early`` and then every ``every`` steps:
+
+    - vanishing: layers whose gradient norm stays below ``vanish_ratio`` times the largest layer's for ``patience``
+      looks in a row;
+    - exploding: a total gradient norm above ``explode_factor`` times the median of the healthy looks so far and
+      above every one of them, while the loss is not falling (norms also grow while a small initialisation wakes up);
+    - loss spikes: a batch loss above ``spike_factor`` times the running median and above the loss at the start;
+    - dead ReLUs: ``nn.ReLU`` modules where at least ``dead_fraction`` of the units gave zero for every sample on
+      ``patience`` looks in a row (forward hooks, only on the step of a look; off in ``mode="graph"``);
+    - non-finite gradients (naming the layer nearest the output, where they start) and a non-finite loss.
+
+    Gradients are read after unscaling and clipping. Under fp16 loss scaling an overflow is normal (the scaler skips
+    that step), so non-finite gradients are reported only when they persist for three looks.
+
+    Example:
+        >>> doctor = GradientDoctor(every=25)
+        >>> history = model.fit(train, epochs=5, callbacks=[doctor])
+        >>> for finding in history.diagnostics:
+        ...     print(finding.kind, finding.layers, finding.remedies[0])
+    """
+
+    def __init__(
+        self,
+        *,
+        every: int = 25,
+        early: int = 16,
+        vanish_ratio: float = 1e-3,
+        explode_factor: float = 10.0,
+        spike_factor: float = 10.0,
+        dead_fraction: float = 0.5,
+        patience: int = 2,
+        clip_percentile: float = 90.0,
+        activations: bool = True,
+        print_findings: bool | None = None,
+    ) -> None:
+        for name, value in (("every", every), ("patience", patience)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"GradientDoctor {name} must be a positive int, got {value!r}.")
+        if not isinstance(early, int) or early < 0:
+            raise ConfigError(f"GradientDoctor early must be an int >= 0, got {early!r}.")
+        if not 0 < vanish_ratio < 1:
+            raise ConfigError(f"GradientDoctor vanish_ratio must be in (0, 1), got {vanish_ratio!r}.")
+        for name, factor in (("explode_factor", explode_factor), ("spike_factor", spike_factor)):
+            if not factor > 1:
+                raise ConfigError(f"GradientDoctor {name} must be > 1, got {factor!r}.")
+        if not 0 < dead_fraction <= 1:
+            raise ConfigError(f"GradientDoctor dead_fraction must be in (0, 1], got {dead_fraction!r}.")
+        if not 0 < clip_percentile <= 100:
+            raise ConfigError(f"GradientDoctor clip_percentile must be in (0, 100], got {clip_percentile!r}.")
+        self.every, self.early, self.patience = every, early, patience
+        self.vanish_ratio, self.explode_factor, self.spike_factor = vanish_ratio, explode_factor, spike_factor
+        self.dead_fraction, self.clip_percentile = dead_fraction, clip_percentile
+        self.activations, self.print_findings = activations, print_findings
+        self._early = frozenset([0, *(2**k for k in range(early.bit_length()) if 2**k <= early)])
+        self.findings: list[Finding] = []
+        self.stats: dict[str, Any] = {}
+        self._loaded = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._reported: set[str] = set()
+        self._healthy_norms: deque[float] = deque(maxlen=256)  # total gradient norm of looks without trouble
+        self._loss_window: deque[float] = deque(maxlen=128)
+        self._initial_loss: float | None = None
+        self._vanishing: set[str] | None = None
+        self._vanishing_streak = 0
+        self._nonfinite_streak = 0
+        self._dead: dict[str, np.ndarray] = {}  # ReLU name -> units dead on every look of the current streak
+        self._dead_streak: dict[str, int] = {}
+        self._dead_since: dict[str, int] = {}
+        self._first_look: int | None = None
+        self._last_update_ratios: dict[str, float] = {}
+        self._layers: list[_Layer] = []
+        self._losses: list[torch.Tensor] = []
+        self._loss_steps: list[int] = []
+        self._seen = 0
+        self._next_event = 0
+        self._handles: list[Any] = []
+        self._recording_order = False
+        self._order: list[str] = []
+        self._alive: dict[str, list[Any]] = {}  # ReLU name -> [alive units (bool), nonzero count, numel]
+        self._modules_by_name: dict[str, nn.Module] = {}
+        self._relus: list[tuple[nn.Module, Any]] = []
+        self._pending_total: float | None = None
+        self._feeder: dict[str, str] = {}
+        self._snapshot: list[torch.Tensor] | None = None
+        self._snapshot_params: list[torch.Tensor] = []
+        self._snapshot_owners: list[int] = []
+        self._weight_norms: dict[int, float] = {}
+        self._snapshot_step = -1
+        self._hooks_enabled = False
+
+    # ------------------------------------------------------------------ hooks of the loop
+    def on_fit_start(self, model: Model) -> None:
+        if not self._loaded:  # a fresh diagnosis per fit, unless resuming from load_state_dict
+            self.findings = []
+            self._reset()
+        self._loaded = False
+        root = model.module
+        if isinstance(root, nn.parallel.DistributedDataParallel):  # names as the user's module spells them
+            root = root.module
+        self._layers = []
+        for name, module in root.named_modules():
+            params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+            if params:
+                self._layers.append(_Layer(name or "(root)", module, params))
+        self._root = root
+        self._modules_by_name = {layer.name: layer.module for layer in self._layers}
+        for layer in self._layers:
+            layer.order_hook = self._order_hook(layer.name)
+        self._relus = [
+            (module, self._relu_hook(name or "(root)"))
+            for name, module in root.named_modules()
+            if isinstance(module, _RELUS)
+        ]
+        self._seen = self._next_event = model.global_step
+        self._hooks_enabled = self.activations and model.fit_config.get("mode", "eager") != "graph"
+        if model.fit_config.get("strategy") == "fsdp":  # sharded parameters: per-layer norms would be per shard
+            logger.info("the gradient doctor checks only the loss under strategy='fsdp'")
+            self._layers, self._relus, self._hooks_enabled = [], [], False
+
+    def on_epoch_start(self, model: Model, epoch: int) -> None:
+        # Hooks for the first look go in here rather than in on_fit_start, after every callback's on_fit_start ran,
+        # so that an averaging callback's deep copy of the module never carries them.
+        if self._hooks_enabled and not self._handles and self._is_look(model.global_step):
+            self._install_hooks()
+
+    def on_before_optimizer_step(self, model: Model, step: int) -> None:
+        if step % self.every and step not in self._early:
+            return
+        self._look(model, step)
+
+    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+        self._losses.append(loss)
+        self._loss_steps.append(self._seen)  # the batch ran on the weights after this many steps
+        self._seen = step
+        if step < self._next_event:
+            return
+        if self._snapshot is not None and step > self._snapshot_step:
+            self._after_look(model)
+        if self._hooks_enabled and not self._handles and self._is_look(step):
+            self._install_hooks()
+        self._next_event = self._next_look(step + 1)
+
+    def on_fit_end(self, model: Model) -> None:
+        self._remove_hooks()
+        self._snapshot = None
+        self._check_losses(model)
+
+    # ------------------------------------------------------------------ sampling
+    def _is_look(self, step: int) -> bool:
+        return step % self.every == 0 or step in self._early
+
+    def _next_look(self, step: int) -> int:
+        candidates = [s for s in self._early if s >= step]
+        return min([-(-step // self.every) * self.every, *candidates])
+
+    # ------------------------------------------------------------------ forward hooks (steps of a look only)
+    def _install_hooks(self) -> None:
+        self._alive = {}
+        if not self._order:  # the forward order (and which layer feeds each ReLU) is recorded on the first look
+            self._recording_order = True
+            for layer in self._layers:
+                self._handles.append(layer.module.register_forward_hook(layer.order_hook))
+        for module, hook in self._relus:
+            self._handles.append(module.register_forward_hook(hook))
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._recording_order = False
+
+    def _order_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if module.training and name not in self._order:
+                self._order.append(name)
+
+        return hook
+
+    def _relu_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not module.training or not isinstance(output, torch.Tensor) or output.ndim < 2:
+                return
+            if self._recording_order and name not in self._feeder:
+                self._feeder[name] = self._order[-1] if self._order else ""
+            ndim = output.ndim
+            if ndim == 2:
+                dims: tuple[int, ...] = (0,)  # (B, F)
+            elif ndim >= 4 or isinstance(self._modules_by_name.get(self._feeder[name]), _CHANNELS_FIRST):
+                dims = (0, *range(2, ndim))  # (B, C, ...): a unit is a channel
+            else:
+                dims = tuple(range(ndim - 1))  # (B, T, F)
+            out = output.detach()
+            alive = out.amax(dim=dims) > 0  # (units,) a ReLU unit fired on some sample
+            nonzero = torch.count_nonzero(out)
+            entry = self._alive.get(name)
+            if entry is None:
+                self._alive[name] = [alive, nonzero, out.numel()]
+            else:  # gradient accumulation: several forward passes make one step
+                entry[0], entry[1], entry[2] = entry[0] | alive, entry[1] + nonzero, entry[2] + out.numel()
+
+        return hook
+
+    # ------------------------------------------------------------------ a look
+    def _look(self, model: Model, step: int) -> None:
+        self._remove_hooks()
+        self._next_event = step + 1
+        grads, weights, owners = [], [], []
+        for index, layer in enumerate(self._layers):
+            for param in layer.params:
+                if param.grad is not None:
+                    grad = param.grad
+                    grads.append(grad.coalesce().values() if grad.is_sparse else grad)
+                    weights.append(param)
+                    owners.append(index)
+        if not grads:
+            return
+        if self._first_look is None:
+            self._first_look = step
+        with torch.no_grad():
+            norms = torch.stack([*torch._foreach_norm(grads), *torch._foreach_norm(weights)]).float().cpu().tolist()
+            self._snapshot = list(torch._foreach_mul(weights, 1.0))
+        self._snapshot_step = step
+        grad_sq: dict[int, float] = {}
+        weight_sq: dict[int, float] = {}
+        for owner, grad_norm, weight_norm in zip(owners, norms[: len(owners)], norms[len(owners) :], strict=True):
+            grad_sq[owner] = grad_sq.get(owner, 0.0) + grad_norm**2
+            weight_sq[owner] = weight_sq.get(owner, 0.0) + weight_norm**2
+        self._snapshot_params, self._snapshot_owners = weights, owners
+        layer_norms = {index: math.sqrt(value) for index, value in grad_sq.items()}
+        weight_norms = self._weight_norms = {index: math.sqrt(value) for index, value in weight_sq.items()}
+        total = math.sqrt(sum(grad_sq.values()))
+        self.stats = {
+            "step": step,
+            "total_grad_norm": total,
+            "grad_norms": {self._layers[index].name: norm for index, norm in layer_norms.items()},
+            "weight_norms": {self._layers[index].name: norm for index, norm in weight_norms.items()},
+            "update_ratios": self._last_update_ratios,
+        }
+        if self._check_nonfinite(model, step, layer_norms, weight_norms):
+            return
+        self._pending_total = total  # judged after the step, beside the loss of this batch
+        self._check_vanishing(model, step, layer_norms)
+        self._check_dead(model, step)
+
+    def _after_look(self, model: Model) -> None:
+        """After the step of a look: its update/weight ratios, and whether its gradient norm was exploding."""
+        self._finish_update_ratios()
+        self._check_losses(model)  # includes the loss of the look's batch, the newest in the window
+        total, self._pending_total = self._pending_total, None
+        if total is None:
+            return
+        losses = list(self._loss_window)
+        rising = len(losses) > 1 and losses[-1] >= statistics.median(losses[:-1])
+        if not self._check_exploding(model, self._snapshot_step, total, rising):
+            self._healthy_norms.append(total)
+
+    def _finish_update_ratios(self) -> None:
+        snapshot, self._snapshot = self._snapshot, None
+        assert snapshot is not None
+        with torch.no_grad():
+            torch._foreach_sub_(snapshot, self._snapshot_params)  # (old - new): the update, negated, in place
+            update_norms = torch.stack(torch._foreach_norm(snapshot)).float().cpu().tolist()
+        update_sq: dict[int, float] = {}
+        for owner, norm in zip(self._snapshot_owners, update_norms, strict=True):
+            update_sq[owner] = update_sq.get(owner, 0.0) + norm**2
+        self._snapshot_params = []
+        self.stats["update_ratios"] = self._last_update_ratios = {
+            self._layers[owner].name: math.sqrt(value) / self._weight_norms[owner]
+            for owner, value in update_sq.items()
+            if self._weight_norms.get(owner, 0.0) > 0
+        }
+
+    def _forward_ranks(self) -> dict[str, float]:
+        """Position of each layer in the forward pass of the last look.
+
+        A layer whose own forward was not called (MultiheadAttention.out_proj) takes its parent's position; one never
+        seen at all (activations off, or graph mode) goes after them in registration order.
+        """
+        order = {name: float(position) for position, name in enumerate(self._order)}
+        ranks: dict[str, float] = {}
+        for index, layer in enumerate(self._layers):
+            parts = layer.name.split(".")
+            while ".".join(parts) not in order and len(parts) > 1:
+                parts.pop()
+            ranks[layer.name] = order.get(".".join(parts), len(order) + index)
+        return ranks
+
+    # ------------------------------------------------------------------ checks
+    def _check_nonfinite(
+        self, model: Model, step: int, layer_norms: dict[int, float], weight_norms: dict[int, float]
+    ) -> bool:
+        bad = [index for index, norm in layer_norms.items() if not math.isfinite(norm)]
+        if not bad:
+            self._nonfinite_streak = 0
+            return False
+        self._nonfinite_streak += 1
+        if model.precision.scaler is not None and self._nonfinite_streak < 3:
+            return True  # loss scaling overflows now and then by design; the scaler skips the step
+        ranks = self._forward_ranks()
+        bad.sort(key=lambda index: ranks[self._layers[index].name])
+        origin = self._layers[bad[-1]]
+        evidence = f"the gradient norm of {origin.label} is {layer_norms[bad[-1]]} at step {step}"
+        if len(bad) == len(layer_norms):
+            evidence += "; every layer's gradient is non-finite, so it starts at the loss or the output layer"
+        elif len(bad) > 1:
+            before = ", ".join(repr(self._layers[index].name) for index in bad[:-1][:4])
+            evidence += (
+                f"; the {len(bad) - 1} layer(s) before it in the forward pass ({before}"
+                f"{', ...' if len(bad) > 5 else ''}) get their gradient through it and are non-finite too, "
+                "the layers after it are finite"
+            )
+        bad_weights = [self._layers[index].name for index, norm in weight_norms.items() if not math.isfinite(norm)]
+        if bad_weights and self._reported_nonfinite():
+            return True  # the consequence of a source already reported: NaN weights spread to every layer
+        if bad_weights:
+            evidence += f"; the weights of {bad_weights[:4]} are already non-finite (an earlier update overflowed)"
+        else:
+            evidence += "; all weights are still finite, so it arises in this step's backward pass"
+        remedies = [
+            f"Check the forward of {origin.label} and what follows it for operations whose gradient overflows or "
+            "divides by zero (log, sqrt, pow, division, exp, the norm of a zero vector): add an epsilon or clamp.",
+            "Run one step under torch.autograd.set_detect_anomaly(True) to name the operation that made it.",
+        ]
+        if bad_weights:
+            remedies.append(self._lr_remedy(model))
+        remedies += self._precision_remedy(model)
+        self._report(
+            model,
+            f"nonfinite:{origin.name}",
+            Finding("nonfinite", [self._layers[index].name for index in reversed(bad)], step, evidence, remedies),
+        )
+        return True
+
+    def _check_losses(self, model: Model) -> None:
+        if not self._losses:
+            return
+        values = torch.stack(self._losses).float().cpu().tolist()
+        steps, self._losses, self._loss_steps = self._loss_steps, [], []
+        window = self._loss_window
+        median = statistics.median(window) if len(window) >= 10 else None
+        spikes: list[tuple[int, float]] = []
+        for step, value in zip(steps, values, strict=True):
+            if not math.isfinite(value):
+                self._report_nonfinite_loss(model, step, value)
+                continue
+            if (
+                median is not None
+                and self._initial_loss is not None
+                and value > self.spike_factor * median
+                and value > self._initial_loss
+            ):
+                spikes.append((step, value))
+            window.append(value)
+            if self._initial_loss is None and len(window) == 10:
+                self._initial_loss = statistics.median(window)
+        if not spikes or median is None or self._initial_loss is None:
+            return
+        step, value = max(spikes, key=lambda item: item[1])
+        evidence = (
+            f"the batch loss {value:.4g} at step {step} is {value / median:.0f}x the running median "
+            f"{median:.4g} of the last {len(window)} batches and above the loss at the start "
+            f"({self._initial_loss:.4g}); {len(spikes)} such batch(es) since the previous look"
+        )
+        remedies = [
+            *self._clip_remedy(),
+            self._lr_remedy(model),
+            f"Average the weights so one bad step does not decide the result: {_EMA_HINT}.",
+            f"Look at the batch of step {step} for outliers or wrong labels.",
+        ]
+        self._report(model, "loss_spike", Finding("loss_spike", [], step, evidence, remedies))
+
+    def _report_nonfinite_loss(self, model: Model, step: int, value: float) -> None:
+        if self._reported_nonfinite():
+            return  # already reported at its source (or as an earlier non-finite loss)
+        with torch.no_grad():
+            params = [p for layer in self._layers for p in layer.params]
+            norms = torch.stack(torch._foreach_norm(params)).float().cpu().tolist() if params else []
+        bad, position = [], 0
+        for layer in self._layers:
+            if not all(math.isfinite(n) for n in norms[position : position + len(layer.params)]):
+                bad.append(layer.name)
+            position += len(layer.params)
+        evidence = f"the training loss was {value} at step {step}"
+        evidence += (
+            f"; the weights of {bad[:4]}{' ...' if len(bad) > 4 else ''} are non-finite now"
+            if bad
+            else "; the weights are finite, so the inputs or the loss computation produced it"
+        )
+        remedies = [
+            self._lr_remedy(model),
+            *self._clip_remedy(),
+            "Check the inputs and targets of that batch for NaN/Inf, and the loss for log(0) or division by 0.",
+            *self._precision_remedy(model),
+        ]
+        self._report(model, "nonfinite:loss", Finding("nonfinite", bad, step, evidence, remedies))
+
+    def _check_exploding(self, model: Model, step: int, total: float, rising: bool) -> bool:
+        history = self._healthy_norms
+        if not history:
+            return False
+        median, top = statistics.median(history), max(history)
+        # Gradients also grow while a network wakes up from a small initialisation; then the loss is falling.
+        if not (total > self.explode_factor * median and total > top and rising):
+            return False
+        largest = sorted(((norm, name) for name, norm in self.stats["grad_norms"].items()), reverse=True)[:3]
+        evidence = (
+            f"the total gradient norm {total:.3g} at step {step} is {total / max(median, 1e-30):.0f}x the "
+            f"median {median:.3g} of {len(history)} earlier looks (largest earlier {top:.3g}); largest layers: "
+            + ", ".join(f"'{name}' {norm:.3g}" for norm, name in largest)
+        )
+        if self._last_update_ratios:
+            name, ratio = max(self._last_update_ratios.items(), key=lambda item: item[1])
+            evidence += (
+                f"; the update after the previous look moved '{name}' by {ratio:.2g} of its norm (1e-3 is usual)"
+            )
+        remedies = [*self._clip_remedy(), self._lr_remedy(model)]
+        if not any(isinstance(module, _NORMS) for module in self._root.modules()):
+            remedies.append(
+                "Add normalisation (BatchNorm for MLPs and CNNs, LayerNorm for transformers and RNNs) to "
+                "keep activations and gradients in range."
+            )
+        remedies.append(f"Average the weights to smooth out unstable steps: {_EMA_HINT}.")
+        self._report(model, "exploding", Finding("exploding", [name for _, name in largest], step, evidence, remedies))
+        return True
+
+    def _check_vanishing(self, model: Model, step: int, layer_norms: dict[int, float]) -> None:
+        positive = {index: norm for index, norm in layer_norms.items() if norm > 0}  # exact zeros: dead units
+        top = max(positive.values(), default=0.0)
+        low = {self._layers[index].name for index, norm in positive.items() if norm < self.vanish_ratio * top}
+        if self._vanishing is not None and low & self._vanishing:
+            self._vanishing, self._vanishing_streak = low & self._vanishing, self._vanishing_streak + 1
+        else:
+            self._vanishing, self._vanishing_streak = (low or None), (1 if low else 0)
+        if self._vanishing_streak < self.patience or self._vanishing is None:
+            return
+        ranks = self._forward_ranks()
+        names = sorted(self._vanishing, key=lambda name: ranks[name])
+        norms = self.stats["grad_norms"]
+        top_name = max(norms, key=lambda name: norms[name])
+        last = max(norms, key=lambda name: ranks[name])
+        shown = ", ".join(f"'{name}' {norms[name]:.2g}" for name in names[:5]) + (" ..." if len(names) > 5 else "")
+        evidence = (
+            f"gradient norms {shown} at step {step} are below {self.vanish_ratio:g}x the largest, "
+            f"'{top_name}' {norms[top_name]:.2g} (smallest ratio {min(norms[n] for n in names) / top:.1e}), "
+            f"on {self._vanishing_streak} looks in a row"
+        )
+        if last != top_name:
+            evidence += f"; the last layer '{last}' has {norms[last]:.2g}"
+        self._report(model, "vanishing", Finding("vanishing", names, step, evidence, self._vanishing_remedies()))
+
+    def _check_dead(self, model: Model, step: int) -> None:
+        entries, self._alive = self._alive, {}
+        if not entries:
+            return
+        names = list(entries)
+        masks = torch.cat([entries[name][0] for name in names]).cpu().numpy()
+        nonzero = torch.stack([torch.as_tensor(entries[name][1]) for name in names]).cpu().tolist()
+        start = 0
+        for name, count in zip(names, nonzero, strict=True):
+            alive, numel = entries[name][0], entries[name][2]
+            dead = ~masks[start : start + alive.numel()]
+            start += alive.numel()
+            previous = self._dead.get(name)
+            merged = dead & previous if previous is not None and previous.shape == dead.shape else dead
+            threshold = self.dead_fraction * dead.size
+            if self._dead_streak.get(name, 0) >= 1 and np.count_nonzero(merged) >= threshold:
+                self._dead[name], self._dead_streak[name] = merged, self._dead_streak[name] + 1
+            else:
+                self._dead[name], self._dead_streak[name] = dead, 1 if np.count_nonzero(dead) >= threshold else 0
+                self._dead_since[name] = step
+            streak = self._dead_streak[name]
+            if streak >= self.patience:
+                finding = self._dead_finding(model, step, name, self._dead[name], 1 - count / numel, streak)
+                self._report(model, f"dead_relu:{name}", finding)
+
+    def _dead_finding(
+        self, model: Model, step: int, name: str, dead: np.ndarray, zero_fraction: float, streak: int
+    ) -> Finding:
+        feeder = next((layer for layer in self._layers if layer.name == self._feeder.get(name)), None)
+        evidence = (
+            f"{dead.mean():.0%} of the {dead.size} units of '{name}' gave zero for every sample on "
+            f"{streak} looks in a row up to step {step} ({zero_fraction:.0%} of its outputs at step {step} "
+            "were zero)"
+        )
+        bias = getattr(feeder.module, "bias", None) if feeder is not None else None
+        if feeder is not None:
+            evidence += f"; it follows {feeder.label}"
+            if isinstance(bias, torch.Tensor):
+                evidence += f", whose mean bias is {float(bias.detach().float().mean()):.3g}"
+        init = (
+            f"Re-initialise {feeder.label if feeder else 'the layer before it'} with kiln.init(module, 'kaiming', "
+            "bias=0.0): He-scaled weights and zero biases keep about half the units active."
+        )
+        leaky = f"Use LeakyReLU or GELU instead of ReLU at '{name}' so units that stop firing still get a gradient."
+        if self._dead_since.get(name) == self._first_look:
+            evidence += f"; dead from the first look (step {self._first_look}), so the initialisation put them there"
+            remedies = [init, leaky]
+        else:
+            evidence += f"; alive before step {self._dead_since.get(name)}, so training pushed them there"
+            remedies = [self._lr_remedy(model), leaky, init]
+        if not any(isinstance(module, _NORMS) for module in self._root.modules()):
+            remedies.append("Add BatchNorm before the ReLU to keep its inputs centred around zero.")
+        layers = [feeder.name, name] if feeder is not None else [name]
+        return Finding("dead_relu", layers, step, evidence, remedies)
+
+    def _reported_nonfinite(self) -> bool:
+        return any(key.startswith("nonfinite:") for key in self._reported)
+
+    # ------------------------------------------------------------------ remedies
+    def _clip_remedy(self) -> list[str]:
+        if not self._healthy_norms:
+            return ["Clip gradients: fit(..., clip_grad_norm=1.0)."]
+        norms = list(self._healthy_norms)
+        value = _round(_percentile(norms, self.clip_percentile))
+        return [
+            f"Clip gradients: fit(..., clip_grad_norm={value:g}), the {self.clip_percentile:g}th percentile of "
+            f"the total gradient norm over {len(norms)} healthy looks (median {statistics.median(norms):.3g})."
+        ]
+
+    def _lr_remedy(self, model: Model) -> str:
+        lr = float(model.optimizer.param_groups[0]["lr"])
+        total = max(model.steps_per_epoch * int(model.fit_config.get("epochs", 1)), 1)
+        warmup = max(10, min(1000, total // 20))
+        return (
+            f"Lower the learning rate (now {lr:.3g}), e.g. to {lr / 10:.3g}, and warm it up and decay it: "
+            f"lr_schedule=LRSchedule('cosine', warmup_steps={warmup})."
+        )
+
+    def _precision_remedy(self, model: Model) -> list[str]:
+        if model.precision.name != "fp16":
+            return []
+        return ["fp16 overflows above 65504: train in precision='bf16' (fp32's range) if the device supports it."]
+
+    def _vanishing_remedies(self) -> list[str]:
+        modules = list(self._root.named_modules())
+        saturating = [(name, module) for name, module in modules if isinstance(module, _SATURATING)]
+        remedies = []
+        if saturating:
+            kinds = sorted({type(module).__name__ for _, module in saturating})
+            where = ", ".join(repr(name) for name, _ in saturating[:4]) + (" ..." if len(saturating) > 4 else "")
+            remedies.append(
+                f"Use ReLU or GELU instead of {'/'.join(kinds)} (at {where}): a saturating activation's "
+                "slope is at most 1 (0.25 for Sigmoid) and shrinks the gradient at every layer."
+            )
+        if any(isinstance(module, nn.RNN) for _, module in modules):
+            remedies.append("Use LSTM or GRU instead of nn.RNN: their gates carry the gradient across time steps.")
+        if not any(isinstance(module, _NORMS) for _, module in modules):
+            remedies.append(
+                "Add normalisation between layers: BatchNorm (MLPs, CNNs) or LayerNorm (transformers, "
+                "RNNs) keeps every layer's activations and gradients at a similar scale."
+            )
+        remedies.append(
+            "Initialise for the activation: kiln.init(module, 'kaiming') for ReLU/GELU networks, "
+            "kiln.init(module, 'xavier', nonlinearity='tanh') for tanh/sigmoid ones."
+        )
+        remedies.append("Add residual connections (x + layer(x)) so the gradient reaches early layers directly.")
+        return remedies
+
+    # ------------------------------------------------------------------ reporting and state
+    def _report(self, model: Model, key: str, finding: Finding) -> None:
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        self.findings.append(finding)
+        if model.history is not None:
+            model.history.diagnostics.append(finding)
+        if not is_rank_zero():
+            return
+        text = str(finding)
+        show = self.print_findings if self.print_findings is not None else bool(model.fit_config.get("verbose", 1))
+        if show:
+            # A finding belongs in the progress output the user is watching, beside the ProgressBar's epoch lines
+            # (inside a live rich bar, rich moves printed lines above the bar).
+            print(text, flush=True)
+        if not show or logger.hasHandlers():  # with no handler, logging's last resort would print it a second time
+            logger.warning(text)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "reported": sorted(self._reported),
+            "healthy_norms": list(self._healthy_norms),
+            "loss_window": list(self._loss_window),
+            "initial_loss": self._initial_loss,
+            "findings": [finding.to_dict() for finding in self.findings],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._reported = set(state["reported"])
+        self._healthy_norms = deque((float(v) for v in state["healthy_norms"]), maxlen=256)
+        self._loss_window = deque((float(v) for v in state["loss_window"]), maxlen=128)
+        self._initial_loss = None if state["initial_loss"] is None else float(state["initial_loss"])
+        self.findings = [Finding(**finding) for finding in state["findings"]]
+        self._loaded = True
