@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import torch
@@ -29,9 +30,17 @@ def _tensors() -> dict[str, torch.Tensor]:
     return out
 
 
+class _File:
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+
+    def write(self, data: memoryview, *, stable: bool = False) -> None:
+        self.handle.write(data)
+
+
 def _write(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     with open(path, "wb") as handle:
-        write_state_dict(handle.write, tensors, metadata=metadata)
+        write_state_dict(_File(handle), tensors, metadata=metadata)
 
 
 def test_library_reads_what_kiln_writes(tmp_path: Path) -> None:

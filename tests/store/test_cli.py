@@ -54,6 +54,7 @@ def test_models_verify_reports_tampering(filled: Store, capsys: pytest.CaptureFi
     assert kiln("models", "verify", "--store", where) == 0
     assert "ok: 3 files" in capsys.readouterr().out
     blob = filled.blobs.path(filled.version("digits@2").files["w.bin"].sha256)
+    blob.chmod(0o644)  # blobs are stored read-only
     blob.write_bytes(b"tampered")
     assert kiln("models", "verify", "--store", where) == 1
     captured = capsys.readouterr()

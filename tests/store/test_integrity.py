@@ -24,6 +24,8 @@ def test_edited_blob_is_reported_by_verify_and_refused_by_read(store: Store, tmp
     _publish(store, tmp_path)
     blob = store.blobs.path(store.version("digits@1").files["w.bin"].sha256)
     data = bytearray(blob.read_bytes())
+    assert blob.stat().st_mode & 0o777 == 0o444  # stored read-only: editing takes a deliberate chmod
+    blob.chmod(0o644)
     if edit == "flip":
         data[500] ^= 1
         blob.write_bytes(bytes(data))

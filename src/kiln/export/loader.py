@@ -72,7 +72,7 @@ class _Directory:
     def has(self, name: str) -> bool:
         return name in self.files
 
-    def read(self, name: str) -> bytearray:
+    def read(self, name: str) -> memoryview:
         blob: Blob = self.files[name]
         return read_verified(self.root / name, blob, label=f"package {self.root} file {name!r}")
 
@@ -84,13 +84,13 @@ class _Stored:
     def has(self, name: str) -> bool:
         return name in self.version.files
 
-    def read(self, name: str) -> bytearray:
+    def read(self, name: str) -> memoryview:
         return self.store.read(self.version, name)
 
 
 def _spec(files: _Directory | _Stored) -> dict[str, Any]:
     try:
-        spec = json.loads(files.read(SPEC))
+        spec = json.loads(bytes(files.read(SPEC)))
         if not isinstance(spec, dict) or spec.get("format") != FORMAT or not isinstance(spec.get("config"), dict):
             raise ValueError(f"expected a {FORMAT} spec with a config object")
     except (ValueError, KeyError) as error:

@@ -154,18 +154,19 @@ def write_package(package: Package, sink: Sink) -> dict[str, Blob]:
     """Write every file of ``package`` into ``sink``; returns name -> blob, manifest last."""
     blobs: dict[str, Blob] = {}
 
-    def put(name: str, write: Callable[[Callable[[memoryview], None]], None]) -> None:
+    def put(name: str, fill: Callable[[Any], object]) -> None:
         handle = sink.open(name)
-        write(handle.write)
+        fill(handle)
         blobs[name] = sink.close(name, handle)
 
-    put(WEIGHTS, lambda write: write_state_dict(write, package.state_dict, metadata={"format": "pt"}))
+    put(WEIGHTS, lambda handle: write_state_dict(handle, package.state_dict, metadata={"format": "pt"}))
     model = package.onnx.model
     if model is not None:
-        put(ONNX, lambda write: write(memoryview(model)))
-    put(SPEC, lambda write: write(memoryview(json.dumps(package.spec, indent=1, sort_keys=True).encode())))
+        put(ONNX, lambda handle: handle.write(memoryview(model), stable=True))
+    spec = json.dumps(package.spec, indent=1, sort_keys=True).encode()
+    put(SPEC, lambda handle: handle.write(memoryview(spec)))
     manifest = dump_manifest(blobs)
-    put(MANIFEST, lambda write: write(memoryview(manifest)))
+    put(MANIFEST, lambda handle: handle.write(memoryview(manifest)))
     return blobs
 
 
@@ -175,7 +176,7 @@ class _HashingFile:
         self.digest = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: memoryview) -> None:
+    def write(self, data: memoryview, *, stable: bool = False) -> None:
         view = memoryview(data).cast("B")
         self.digest.update(view)
         self.handle.write(view)

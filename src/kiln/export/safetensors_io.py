@@ -12,13 +12,14 @@ import json
 import math
 import struct
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from typing import Protocol
 
 import torch
 
 from ..errors import IntegrityError
 
-__all__ = ["read_state_dict", "write_state_dict"]
+__all__ = ["TensorWriter", "read_state_dict", "write_state_dict"]
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -28,6 +29,11 @@ _DTYPES: dict[str, torch.dtype] = {
 }  # fmt: skip
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 << 20
+_ALIGN = 64
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
 
 
 def _check_little_endian() -> None:
@@ -35,20 +41,27 @@ def _check_little_endian() -> None:
         raise IntegrityError("kiln's safetensors reader and writer need a little-endian machine.")
 
 
+class TensorWriter(Protocol):
+    """Where a file's bytes go; ``stable=True`` marks data that stays unchanged until the file is finished."""
+
+    def write(self, data: memoryview, *, stable: bool = False) -> object: ...
+
+
 def write_state_dict(
-    write: Callable[[memoryview], None],
+    writer: TensorWriter,
     tensors: Mapping[str, torch.Tensor],
     *,
     metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Stream ``tensors`` as a safetensors file through ``write`` (called with the header, then each tensor).
+    """Stream ``tensors`` as a safetensors file into ``writer`` (the header, then each tensor's memory, uncopied).
 
-    Tensors are ordered by element size, largest first, so every tensor starts at an offset aligned to its
-    element size and can be read back as a zero-copy view.
+    The header is padded so the data starts 64-byte aligned, and tensors whose size is a multiple of 64 bytes come
+    first (then the rest by element size, largest first): read into a 64-byte aligned buffer, every large tensor is
+    as aligned as torch allocates it, and every tensor at least to its element size, so all load as zero-copy views.
 
     Example:
         >>> with store.blobs.writer() as writer:
-        ...     write_state_dict(writer.write, module.state_dict())
+        ...     write_state_dict(writer, module.state_dict())
     """
     _check_little_endian()
     prepared: list[tuple[str, torch.Tensor]] = []
@@ -59,11 +72,11 @@ def write_state_dict(
                 f"supported: {sorted(str(d) for d in _NAMES)}."
             )
         prepared.append((name, tensor.detach().to("cpu").contiguous()))
-    prepared.sort(key=lambda item: (-item[1].element_size(), item[0]))
+    prepared.sort(key=lambda item: (_nbytes(item[1]) % _ALIGN != 0, -item[1].element_size(), item[0]))
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, tensor in prepared:
-        size = tensor.numel() * tensor.element_size()
+        size = _nbytes(tensor)
         header[name] = {
             "dtype": _NAMES[tensor.dtype],
             "shape": list(tensor.shape),
@@ -71,12 +84,12 @@ def write_state_dict(
         }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # pad so the data section starts 8-byte aligned
-    write(memoryview(struct.pack("<Q", len(encoded))))
-    write(memoryview(encoded))
-    for _, tensor in prepared:
+    encoded += b" " * (-(8 + len(encoded)) % _ALIGN)  # spaces: the data section starts 64-byte aligned
+    writer.write(memoryview(struct.pack("<Q", len(encoded))))
+    writer.write(memoryview(encoded))
+    for _, tensor in prepared:  # `prepared` holds every tensor until the writer is finished: the data is stable
         if tensor.numel():
-            write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+            writer.write(tensor.reshape(-1).view(torch.uint8).numpy().data, stable=True)
 
 
 def _entry(name: str, entry: object, data_size: int) -> tuple[torch.dtype, list[int], int, int]:
@@ -96,7 +109,7 @@ def _entry(name: str, entry: object, data_size: int) -> tuple[torch.dtype, list[
     return dtype, shape, begin, end
 
 
-def read_state_dict(data: bytearray, *, label: str = "weights") -> dict[str, torch.Tensor]:
+def read_state_dict(data: bytearray | memoryview, *, label: str = "weights") -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file held in ``data``, as views sharing its memory (keep ``data`` alive).
 
     Every header entry is checked (dtype, shape, offsets inside the data and covering it exactly once) before

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -49,8 +51,20 @@ def hash_file(path: str | os.PathLike[str]) -> Blob:
     return Blob(digest.hexdigest(), size)
 
 
-def read_verified(path: Path, blob: Blob, *, label: str) -> bytearray:
-    """The bytes of ``path``, read once and hashed as they arrive; IntegrityError names ``label`` on any mismatch."""
+def _write_all(handle: BinaryIO, view: memoryview) -> None:
+    written = 0
+    while written < len(view):  # a raw write may be partial (e.g. past 2 GiB per call on Linux)
+        written += handle.write(view[written:]) or 0
+
+
+def read_verified(path: Path, blob: Blob, *, label: str) -> memoryview:
+    """The bytes of ``path``, hashed and compared with ``blob``; IntegrityError names ``label`` on any mismatch.
+
+    The file is mapped copy-on-write, not copied: tensors viewed in it cost no copy, are page-aligned (as aligned
+    as torch allocates, so they run the same kernels and give the same bits), and processes loading one model share
+    its pages. Blobs are stored read-only and never rewritten by kiln; an edit forced on one after it was verified
+    and mapped would show through, and is what ``verify`` reports.
+    """
     try:
         handle = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below, with a clear error when missing
     except FileNotFoundError:
@@ -62,22 +76,14 @@ def read_verified(path: Path, blob: Blob, *, label: str) -> bytearray:
                 f"{label}: {path} has {actual} bytes, the manifest records {blob.size}; the file was modified after "
                 "it was published. Re-register the model; never edit files in a store or package."
             )
-        buffer = bytearray(blob.size)
-        view = memoryview(buffer)
-        digest = hashlib.sha256()
-        offset = 0
-        while offset < blob.size:
-            n = handle.readinto(view[offset : offset + _CHUNK])
-            if not n:
-                break
-            digest.update(view[offset : offset + n])
-            offset += n
-    if offset != blob.size or digest.hexdigest() != blob.sha256:
+        view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if actual else bytearray())
+    digest = hashlib.sha256(view).hexdigest()
+    if digest != blob.sha256:
         raise IntegrityError(
-            f"{label}: {path} does not match its SHA-256 in the manifest (expected {blob.sha256}, got "
-            f"{digest.hexdigest()}); the file was modified after it was published. Re-register the model."
+            f"{label}: {path} does not match its SHA-256 in the manifest (expected {blob.sha256}, got {digest}); "
+            "the file was modified after it was published. Re-register the model."
         )
-    return buffer
+    return view
 
 
 class BlobWriter:
@@ -96,6 +102,7 @@ class BlobWriter:
         self._path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
         self._digest = hashlib.sha256()
+        self._deferred: list[bytes | memoryview] = []  # written, not yet hashed (see write(stable=True))
         self._size = 0
         self._finished: Blob | None = None
         self.blob: Blob | None = None
@@ -103,13 +110,21 @@ class BlobWriter:
         # unlinks the existing copy meanwhile, the publish puts this one in its place (see BlobStore.restore).
         self.spare: Path | None = None
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data`` (any bytes-like object; a memoryview over a tensor's memory avoids a copy)."""
+    def write(self, data: bytes | bytearray | memoryview, *, stable: bool = False) -> None:
+        """Append ``data`` (any bytes-like object; a memoryview over a tensor's memory avoids a copy).
+
+        ``stable=True`` promises that ``data`` stays unchanged until :meth:`finish`: its hashing is then deferred
+        to run while the fsync waits on the disk, so a large blob costs about max(hash, fsync), not their sum.
+        """
         view = memoryview(data).cast("B")
-        for start in range(0, len(view), _CHUNK):
-            chunk = view[start : start + _CHUNK]
-            self._digest.update(chunk)
-            self._file.write(chunk)
+        if stable or self._deferred:
+            self._deferred.append(view if stable else bytes(view))
+            _write_all(self._file, view)
+        else:
+            for start in range(0, len(view), _CHUNK):  # hash each chunk while it is still in cache
+                chunk = view[start : start + _CHUNK]
+                self._digest.update(chunk)
+                _write_all(self._file, chunk)
         self._size += len(view)
 
     @property
@@ -120,7 +135,15 @@ class BlobWriter:
         """Flush and fsync the temp file; the digest is final (the blob has no address yet)."""
         if self._finished is None:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._deferred:
+                with ThreadPoolExecutor(1) as pool:  # the disk works while this thread hashes
+                    synced = pool.submit(os.fsync, self._file.fileno())
+                    for view in self._deferred:
+                        self._digest.update(view)
+                    synced.result()
+                self._deferred.clear()
+            else:
+                os.fsync(self._file.fileno())
             self._file.close()
             crash_point("blob:written")
             self._finished = Blob(self._digest.hexdigest(), self._size)
@@ -143,6 +166,7 @@ class BlobWriter:
             os.utime(target)  # fresh mtime: gc's grace period protects a blob a publish is about to reference
         else:
             self._blobs.make_parent(target)
+            os.chmod(self._path, 0o444)  # blobs are immutable: an accidental in-place edit fails loudly
             os.replace(self._path, target)
             crash_point("blob:renamed")
             fsync_directory(target.parent)
@@ -234,7 +258,7 @@ class BlobStore:
         writer.spare = None
         return True
 
-    def read(self, blob: Blob, *, label: str) -> bytearray:
+    def read(self, blob: Blob, *, label: str) -> memoryview:
         """The blob's bytes, verified (see :func:`read_verified`)."""
         return read_verified(self.path(blob.sha256), blob, label=label)
 

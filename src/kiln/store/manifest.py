@@ -23,10 +23,10 @@ def dump_manifest(files: Mapping[str, Blob]) -> bytes:
     return json.dumps({"format": FORMAT, "files": entries}, indent=1, sort_keys=True).encode()
 
 
-def read_manifest(data: bytes | bytearray, *, where: str) -> dict[str, Blob]:
+def read_manifest(data: bytes | bytearray | memoryview, *, where: str) -> dict[str, Blob]:
     """Parse and check a manifest; IntegrityError (naming ``where``) when it is malformed."""
     try:
-        document = json.loads(data)
+        document = json.loads(bytes(data))
         if document.get("format") != FORMAT:
             raise ValueError(f"format is {document.get('format')!r}, expected {FORMAT!r}")
         files = {

@@ -298,8 +298,8 @@ class Store:
         """Delete every version of ``name``; version numbers continue from where they were."""
         return registry.delete_model(self.database, self.blobs, name, force=force)
 
-    def read(self, version: ModelVersion | str, file: str) -> bytearray:
-        """The bytes of one file of a version, hash-verified; IntegrityError names the file on any mismatch."""
+    def read(self, version: ModelVersion | str, file: str) -> memoryview:
+        """The bytes of one file of a version, hash-verified and judged by content; IntegrityError names the file."""
         resolved = self.version(version) if isinstance(version, str) else version
         check_file_name(file)
         blob = resolved.files.get(file)

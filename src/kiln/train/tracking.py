@@ -146,17 +146,17 @@ class TrackingCallback(Callback):
         if data_fingerprint is None and data is not None:
             try:
                 data_fingerprint = fingerprint(data)
-            except ConfigError:
+            except (ConfigError, DataError):  # data kiln cannot fingerprint (a plain iterable): record none
                 data_fingerprint = None
         params = {**getattr(model, "fit_config", {}), **self.params}
         if data_fingerprint is not None:
             params["data_fingerprint"] = data_fingerprint
-            model.data_fingerprint = data_fingerprint  # type: ignore[attr-defined]
+            model.data_fingerprint = data_fingerprint
         if self._resume_id is not None:  # fit resumed from a checkpoint: keep logging into the same run
             self.run = self.store.resume_run(self._resume_id)
         else:
             self.run = self.store.start_run(self.run_name, params=params, tags=self.tags, system=_torch_info(model))
-        model.run_id = self.run.id  # type: ignore[attr-defined]
+        model.run_id = self.run.id
         self._losses, self._steps, self._step = [], [], 0
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:

@@ -1,0 +1,58 @@
+"""Content-addressed blobs: digests, deduplication, read-only storage, verified reads."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from kiln.errors import IntegrityError
+from kiln.store import Blob, Store
+
+
+@pytest.mark.parametrize("pattern", ["plain", "stable", "stable-then-plain", "plain-then-stable"])
+def test_digest_matches_bytes_whatever_the_write_pattern(store: Store, pattern: str) -> None:
+    parts = [os.urandom(3 << 20), b"header", os.urandom(1000)]
+    writer = store.blobs.writer()
+    for i, part in enumerate(parts):
+        stable = {"plain": False, "stable": True, "stable-then-plain": i == 0, "plain-then-stable": i == 2}[pattern]
+        writer.write(part, stable=stable)
+    blob = writer.commit()
+    whole = b"".join(parts)
+    assert blob.sha256 == hashlib.sha256(whole).hexdigest() and blob.size == len(whole)
+    path = store.blobs.path(blob.sha256)
+    assert path.read_bytes() == whole
+    assert path.relative_to(store.path).parts[:4] == ("blobs", "sha256", blob.sha256[:2], blob.sha256[2:4])
+    assert path.stat().st_mode & 0o222 == 0  # read-only
+    assert bytes(store.blobs.read(blob, label="test")) == whole
+
+
+def test_same_bytes_are_stored_once_and_a_spare_covers_a_concurrent_delete(store: Store) -> None:
+    first = store.blobs.put_file(__file__)
+    first.commit()
+    second = store.blobs.put_file(__file__)
+    assert second.commit() == first.blob and second.spare is not None
+    store.blobs.unlink(first.blob.sha256)  # what a concurrent delete of the only other user would do
+    assert store.blobs.restore(second)  # the publish puts its own copy in place
+    assert bytes(store.blobs.read(second.blob, label="x")) == Path(__file__).read_bytes()
+    second.release()
+    assert list(store.blobs.tmp_dir.iterdir()) == []
+
+
+def test_aborted_writer_leaves_nothing(store: Store) -> None:
+    writer = store.blobs.writer()
+    writer.write(b"partial")
+    writer.abort()
+    assert list(store.blobs.tmp_dir.iterdir()) == [] and list(store.blobs.blobs()) == []
+
+
+def test_read_refuses_wrong_size_and_missing(store: Store) -> None:
+    writer = store.blobs.writer()
+    writer.write(b"abc")
+    stored = writer.commit()
+    with pytest.raises(IntegrityError, match="has 3 bytes, the manifest records 4"):
+        store.blobs.read(Blob(stored.sha256, 4), label="f")
+    with pytest.raises(IntegrityError, match="is missing"):
+        store.blobs.read(Blob("0" * 64, 3), label="f")
