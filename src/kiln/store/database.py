@@ -66,7 +66,7 @@ class Database:
         >>> db.write(lambda conn: conn.execute(runs.insert().values(...)), durable=True)
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str | sa.engine.URL) -> None:
         self.engine: Engine = sa.create_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         if self.is_sqlite:

@@ -51,7 +51,7 @@ class Store:
     Example:
         >>> store = Store("./.kiln")
         >>> version = kiln.export.register_module(net, "digits", store=store, example_input=x[:1])
-        >>> store.promote("digits", version, "production")
+        >>> store.promote("digits", version.version, "production")
         >>> module = store.load("digits@production")
     """
 
@@ -67,7 +67,7 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         self.blobs = BlobStore(self.path)
         self.blobs.create()
-        self.database = Database(f"sqlite:///{self.path / 'kiln.db'}")
+        self.database = Database(sa.engine.URL.create("sqlite", database=str(self.path / "kiln.db")))
         migrate(self.database, where=str(self.path))
 
     def __repr__(self) -> str:
