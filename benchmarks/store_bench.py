@@ -1,0 +1,351 @@
+"""Store benchmark (issue 4): register/load of a 100 MB model against bare safetensors, MLflow, and tracking overhead.
+
+Three measurements, all in one invocation so the ratios share the machine's state:
+
+1. Register and load of the peers' 25M-parameter MLP (1024-4096-4096-1024-10, ~101 MB float32), reps interleaved:
+       floor save        safetensors.torch.save_file(state_dict, path)                         (no fsync)
+       durable floor     the same followed by fsync (kiln's writes are always durable)
+       kiln register     kiln.export.register_module(..., onnx=False): streamed, hashed, fsynced weights, spec,
+                         manifest, one synchronous=FULL SQLite transaction
+       floor load        build the module, load_state_dict(safetensors.torch.load_file(path))  (what users write)
+       meta floor load   build on the meta device, load_file, assign, touch every byte         (the strict floor)
+       kiln load         kiln.export.load("mlp@N"): read + verify every SHA-256, rebuild on meta, assign, touch
+   Every rep perturbs one weight first, so each register writes new bytes (no deduplication shortcut).
+   Register with ONNX export and parity check is timed once, for the record.
+2. MLflow 3 (``--mlflow-python``, a side venv): mlflow.pytorch.log_model (as users call it, and with
+   pip_requirements given so it skips inferring them) and load_model of the same model, median over reps.
+3. Tracking overhead: kiln.Model.fit of an MLP 64-256-256-10 (batch 64, 1 torch thread) with TrackingCallback, the
+   time spent inside its hooks measured directly (a 2% effect is below the noise of whole-fit A/B runs on a shared
+   machine, which are reported too), plus the fixed cost of starting and finishing a run.
+
+Setup of the MLflow venv (once; gitignored)::
+
+    python3.11 -m venv benchmarks/.venv-mlflow
+    benchmarks/.venv-mlflow/bin/pip install torch==2.13.0 mlflow
+
+Run from the repository root::
+
+    python benchmarks/store_bench.py --reps 5 --out benchmarks/results/store.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+
+
+def mlp25m() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                         nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 10))  # fmt: skip
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+@torch.no_grad()
+def touch(module: nn.Module) -> float:
+    return sum(float(p.sum()) for p in module.parameters())
+
+
+def bench_registry(reps: int, workdir: Path) -> dict[str, Any]:
+    from kiln.export import load, register_module
+    from kiln.store import Store
+
+    torch.manual_seed(0)
+    model = mlp25m().eval()
+    example = torch.randn(1, 1024)
+    store = Store(workdir / "store")
+    # Every save writes a new file and nothing is deleted until the end: freeing blocks on this disk (mounted with
+    # online discard) slows whatever runs next, which would charge one operation for another's cleanup.
+    floor = {"path": workdir / "floor-init.safetensors"}
+    save_file(model.state_dict(), floor["path"])
+    rows: dict[str, list[float]] = {k: [] for k in ("floor_save", "floor_save_fsync", "kiln_register", "floor_load",
+                                                    "meta_floor_load", "kiln_load")}  # fmt: skip
+
+    def floor_save(rep: int, durable: bool) -> None:
+        floor["path"] = workdir / f"floor-{rep}-{durable}.safetensors"
+        save_file(model.state_dict(), floor["path"])
+        if durable:
+            with open(floor["path"], "rb") as handle:
+                os.fsync(handle.fileno())
+
+    def floor_load() -> nn.Module:
+        module = mlp25m()
+        module.load_state_dict(load_file(floor["path"]))
+        return module
+
+    def meta_floor_load() -> float:
+        with torch.device("meta"):
+            module = mlp25m()
+        module.load_state_dict(load_file(floor["path"]), assign=True)
+        return touch(module)
+
+    for rep in range(reps):
+        with torch.no_grad():
+            model[0].weight[0, 0] += 1.0  # new bytes every rep: no deduplication
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("floor_save", lambda rep=rep: floor_save(rep, durable=False)),
+            ("floor_save_fsync", lambda rep=rep: floor_save(rep, durable=True)),
+            ("kiln_register", lambda: register_module(model, "mlp", store=store, example_input=example, onnx=False)),
+            ("floor_load", floor_load),
+            ("meta_floor_load", meta_floor_load),
+            ("kiln_load", lambda: touch(load("mlp", store=store))),
+        ]
+        shift = rep % len(steps)
+        for name, fn in steps[shift:] + steps[:shift]:  # every operation takes every position once in 6 reps
+            os.sync()  # every operation starts with no dirty pages: none pays for another's writeback
+            seconds, _ = timed(fn)
+            rows[name].append(seconds)
+    loaded = load("mlp", store=store)
+    with torch.no_grad():
+        assert torch.equal(loaded(example), model(example)), "kiln load must reproduce the model bit for bit"
+    onnx_seconds, version = timed(lambda: register_module(model, "mlp-onnx", store=store, example_input=example))
+    medians = {k: statistics.median(v) for k, v in rows.items()}
+
+    def paired(a: str, b: str) -> float:  # median of per-rep ratios: pairs measured seconds apart share the noise
+        return statistics.median(x / y for x, y in zip(rows[a], rows[b], strict=True))
+
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "file_mb": floor["path"].stat().st_size / 1e6,
+        "raw": rows,
+        "median_s": medians,
+        "register_ratio": medians["kiln_register"] / medians["floor_save"],
+        "register_ratio_durable_floor": medians["kiln_register"] / medians["floor_save_fsync"],
+        "register_ratio_paired": paired("kiln_register", "floor_save"),
+        "load_ratio_paired": paired("kiln_load", "floor_load"),
+        "load_ratio": medians["kiln_load"] / medians["floor_load"],
+        "load_ratio_meta_floor": medians["kiln_load"] / medians["meta_floor_load"],
+        "register_with_onnx_s": onnx_seconds,
+        "onnx_included": "model.onnx" in version.files,
+    }
+
+
+MLFLOW_CHILD = r"""
+import json, os, statistics, sys, tempfile, time, warnings
+warnings.filterwarnings("ignore")
+import torch
+from torch import nn
+reps, threads = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+def mlp25m():
+    return nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                         nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 10))
+tmp = tempfile.mkdtemp(prefix="kiln_mlflow_")
+os.chdir(tmp)
+t0 = time.perf_counter()
+import mlflow
+import_s = time.perf_counter() - t0
+mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
+mlflow.set_experiment("kiln-store-bench")
+torch.manual_seed(0)
+model = mlp25m().eval()
+x = torch.randn(1, 1024)
+configs = {
+    "default": {"input_example": x.numpy()},  # MLflow 3's default format (pt2) requires an input example
+    "pickle": {"serialization_format": "pickle", "pip_requirements": ["torch"]},  # its fastest path
+}
+out = {"mlflow": mlflow.__version__, "import_s": import_s}
+for rep in range(reps):
+    with torch.no_grad():
+        model[0].weight[0, 0] += 1.0
+    for name, extra in configs.items():
+        with mlflow.start_run():
+            t = time.perf_counter()
+            info = mlflow.pytorch.log_model(model, name="model", **extra)
+            out.setdefault(f"log_model_{name}_s", []).append(time.perf_counter() - t)
+        t = time.perf_counter()
+        loaded = mlflow.pytorch.load_model(info.model_uri)
+        out.setdefault(f"load_model_{name}_s", []).append(time.perf_counter() - t)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), model(x), atol=1e-5)
+print(json.dumps(out))
+"""
+
+
+def bench_mlflow(python: str, reps: int, threads: int) -> dict[str, Any] | None:
+    if not Path(python).exists():
+        print(f"skipping MLflow: {python} not found (see the setup in this script's docstring)", file=sys.stderr)
+        return None
+    done = subprocess.run([python, "-c", MLFLOW_CHILD, str(reps), str(threads)], capture_output=True, text=True,
+                          timeout=3600, env={**os.environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+    if done.returncode != 0:
+        print(f"MLflow run failed:\n{done.stderr[-3000:]}", file=sys.stderr)
+        return None
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["median_s"] = {k: statistics.median(v) for k, v in out.items() if isinstance(v, list)}
+    return out
+
+
+def _timed_tracking(base: type) -> type:
+    """TrackingCallback with a stopwatch around each hook: the time tracking itself takes, measured directly."""
+
+    def wrap(name: str) -> Any:
+        def hook(self: Any, *args: Any) -> None:
+            start = time.perf_counter()
+            getattr(base, name)(self, *args)
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
+
+        return hook
+
+    hooks = ("on_fit_start", "on_epoch_start", "on_train_batch_end", "on_epoch_end", "on_fit_end")
+    return type("TimedTracking", (base,), {name: wrap(name) for name in hooks})
+
+
+def bench_tracking(reps: int, epochs: int, workdir: Path) -> dict[str, Any]:
+    import kiln
+    from kiln.data import ArrayDataset
+    from kiln.store import Store
+    from kiln.train.tracking import TrackingCallback
+
+    timed_tracking = _timed_tracking(TrackingCallback)
+    generator = torch.Generator().manual_seed(0)
+    data = ArrayDataset(torch.rand(8192, 64, generator=generator), torch.randint(0, 10, (8192,), generator=generator))
+    store = Store(workdir / "tracking")
+    fit_s: dict[str, list[float]] = {"none": [], "every=10": [], "every=1": []}
+    share: dict[str, list[float]] = {"every=10": [], "every=1": []}
+    per_step_us: dict[str, list[float]] = {"every=10": [], "every=1": []}
+    run_fixed_ms: list[float] = []
+    steps = -(-len(data) // 64) * epochs
+    for rep in range(reps):
+        configs = list(fit_s)
+        for config in configs[rep % 3 :] + configs[: rep % 3]:
+            torch.manual_seed(0)
+            net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+            model = kiln.Model(net, loss="cross_entropy", optimizer="adam", lr=1e-3, device="cpu")
+            tracking = None if config == "none" else timed_tracking(store, "bench", every=int(config.split("=")[1]))
+            if tracking is not None:
+                tracking.spent = {}
+            tracking_cb = [] if tracking is None else [tracking]
+            start = time.perf_counter()
+            model.fit(data, epochs=epochs, batch_size=64, callbacks=tracking_cb, verbose=0, seed=0)
+            total = time.perf_counter() - start
+            fit_s[config].append(total)
+            if tracking is not None:
+                spent = tracking.spent
+                in_loop = spent["on_train_batch_end"] + spent["on_epoch_end"] + spent.get("on_epoch_start", 0.0)
+                fixed = spent["on_fit_start"] + spent["on_fit_end"]
+                share[config].append(in_loop / (total - fixed - in_loop))
+                per_step_us[config].append(spent["on_train_batch_end"] / steps * 1e6)
+                run_fixed_ms.append(fixed * 1e3)
+    med = {k: statistics.median(v) for k, v in fit_s.items()}
+    return {
+        "steps": steps,
+        "step_ms": med["none"] / steps * 1e3,
+        "share_in_hooks": {k: statistics.median(v) for k, v in share.items()},
+        "hook_us_per_step": {k: statistics.median(v) for k, v in per_step_us.items()},
+        "fit_ab_overhead": {k: med[k] / med["none"] - 1 for k in ("every=10", "every=1")},
+        "run_start_finish_ms": statistics.median(run_fixed_ms),
+        "raw_fit_s": fit_s,
+    }
+
+
+def report(registry: dict[str, Any], mlflow: dict[str, Any] | None, tracking: dict[str, Any], args: Any) -> str:
+    m = registry["median_s"]
+    lines = [
+        f"`python benchmarks/store_bench.py --reps {args.reps}` — {platform.machine()} CPU, {os.cpu_count()} cores "
+        f"(shared, noisy: load average {args.load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end), torch "
+        f"{torch.__version__}, {args.threads} torch threads; medians of {args.reps} interleaved reps.",
+        "",
+        f"**Register / load of a {registry['params'] / 1e6:.1f}M-parameter MLP ({registry['file_mb']:.0f} MB)**",
+        "",
+        f"Per-rep (paired) ratios, which share each rep's noise: register {registry['register_ratio_paired']:.2f}× "
+        f"the save floor, load {registry['load_ratio_paired']:.2f}× the load floor.",
+        "",
+        "| operation | seconds | vs floor | target |",
+        "|---|---:|---:|---:|",
+        f"| safetensors save_file (floor) | {m['floor_save']:.3f} | 1.00× | |",
+        f"| safetensors save_file + fsync (durable floor) | {m['floor_save_fsync']:.3f} | "
+        f"{m['floor_save_fsync'] / m['floor_save']:.2f}× | |",
+        f"| kiln register (weights + spec + manifest, fsynced, hashed) | {m['kiln_register']:.3f} | "
+        f"{registry['register_ratio']:.2f}× ({registry['register_ratio_durable_floor']:.2f}× durable) | ≤ 1.2× |",
+        f"| build + load_state_dict(load_file) (floor) | {m['floor_load']:.3f} | 1.00× | |",
+        f"| meta build + load_file + assign + touch (strict floor) | {m['meta_floor_load']:.3f} | "
+        f"{m['meta_floor_load'] / m['floor_load']:.2f}× | |",
+        f"| kiln load (every SHA-256 verified, meta rebuild, touch) | {m['kiln_load']:.3f} | "
+        f"{registry['load_ratio']:.2f}× ({registry['load_ratio_meta_floor']:.2f}× strict) | ≤ 1.5× |",
+        f"| kiln register with ONNX export + parity check (once) | {registry['register_with_onnx_s']:.2f} | | |",
+    ]
+    if mlflow is not None:
+        mm = mlflow["median_s"]
+        lines += [
+            f"| MLflow {mlflow['mlflow']} log_model (default pt2 format, input_example) | "
+            f"{mm['log_model_default_s']:.2f} | {mm['log_model_default_s'] / m['floor_save']:.0f}× | |",
+            f"| MLflow log_model (pickle format, pip_requirements given) | {mm['log_model_pickle_s']:.2f} | "
+            f"{mm['log_model_pickle_s'] / m['floor_save']:.0f}× | |",
+            f"| MLflow load_model (pt2) | {mm['load_model_default_s']:.2f} | "
+            f"{mm['load_model_default_s'] / m['floor_load']:.1f}× | |",
+            f"| MLflow load_model (pickle: unpickles) | {mm['load_model_pickle_s']:.2f} | "
+            f"{mm['load_model_pickle_s'] / m['floor_load']:.1f}× | |",
+        ]
+    t = tracking
+    lines += [
+        "",
+        f"**Run tracking** — kiln.Model.fit of an MLP 64-256-256-10, batch 64, {t['steps']} steps "
+        f"({t['step_ms']:.2f} ms per step without tracking), 1 torch thread. Time spent inside TrackingCallback's "
+        "per-step and per-epoch hooks (including the batched SQLite writes) is measured directly, relative to the "
+        "rest of the fit; the end-to-end A/B of whole fits is shown too but is within this machine's noise:",
+        "",
+        "| tracking | µs per step in the hook | share of training time | fit A/B | target |",
+        "|---|---:|---:|---:|---:|",
+        f"| TrackingCallback (default: loss kept every 10 steps) | {t['hook_us_per_step']['every=10']:.1f} | "
+        f"{t['share_in_hooks']['every=10'] * 100:.2f}% | {t['fit_ab_overhead']['every=10'] * 100:+.1f}% | ≤ 2% |",
+        f"| TrackingCallback(every=1) | {t['hook_us_per_step']['every=1']:.1f} | "
+        f"{t['share_in_hooks']['every=1'] * 100:.2f}% | {t['fit_ab_overhead']['every=1'] * 100:+.1f}% | |",
+        "",
+        f"Starting and finishing a run (system info with the git commit, two SQLite writes) costs "
+        f"{t['run_start_finish_ms']:.0f} ms once per fit.",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tracking-epochs", type=int, default=3)
+    parser.add_argument("--mlflow-python", default=str(HERE / ".venv-mlflow" / "bin" / "python"))
+    parser.add_argument("--mlflow-reps", type=int, default=3)
+    parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--out", default=None, help="write raw results as JSON here")
+    args = parser.parse_args()
+    args.load = os.getloadavg()
+    torch.set_num_threads(args.threads)
+    workdir = Path(tempfile.mkdtemp(prefix="kiln_store_bench_"))
+    try:
+        registry = bench_registry(args.reps, workdir)
+        mlflow = None if args.skip_mlflow else bench_mlflow(args.mlflow_python, args.mlflow_reps, args.threads)
+        torch.set_num_threads(1)
+        tracking = bench_tracking(args.reps, args.tracking_epochs, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text = report(registry, mlflow, tracking, args)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"registry": registry, "mlflow": mlflow, "tracking": tracking,
+                                              "markdown": text}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
