@@ -22,7 +22,7 @@ from .database import Database
 from .manifest import MANIFEST, read_manifest
 from .names import check_file_name, check_name
 from .registry import AliasMove, ModelSummary, ModelVersion
-from .runs import Run, RunInfo, check_artifact, find_run_id, jsonable, new_run, run_infos, system_info
+from .runs import STATUSES, Run, RunInfo, check_artifact, find_run_id, jsonable, new_run, run_infos, system_info
 from .schema import metrics, migrate, run_artifacts, runs
 from .verify import VerifyReport, verify_versions
 
@@ -130,8 +130,8 @@ class Store:
         if name is not None:
             query = query.where(runs.c.name == check_name(name, what="run name"))
         if status is not None:
-            if status not in ("running", "finished", "failed", "killed"):
-                raise ConfigError(f"status must be running, finished, failed or killed; got {status!r}.")
+            if status not in STATUSES:
+                raise ConfigError(f"status must be one of {', '.join(STATUSES)}; got {status!r}.")
             query = query.where(runs.c.status == status)
         return self.database.read(lambda connection: run_infos(connection, connection.execute(query).all()))
 

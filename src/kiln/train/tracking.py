@@ -19,6 +19,7 @@ from ..distributed import is_rank_zero
 from ..errors import ConfigError, DataError
 from ..store import Run, Store
 from ..store.names import check_name
+from ..store.runs import STATUSES
 from .callbacks import Callback
 
 if TYPE_CHECKING:
@@ -195,7 +196,7 @@ class TrackingCallback(Callback):
         try:
             self._flush_losses()
         finally:
-            self.run.finish(status if status in ("finished", "failed", "killed") else "failed")
+            self.run.finish(status if status in STATUSES[1:] else "failed")
 
     def state_dict(self) -> dict[str, Any]:
         return {"run_id": None if self.run is None else self.run.id}
