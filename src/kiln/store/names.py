@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from ..errors import InvalidNameError
 
@@ -42,6 +43,11 @@ def _show(value: object) -> str:
     return text if len(text) <= 60 else f"{text[:40]}...{text[-12:]} ({len(str(value))} characters)"
 
 
+def _fits(value: object, pattern: re.Pattern[str], limit: int) -> TypeGuard[str]:
+    """True when ``value`` is a string of at most ``limit`` characters matching ``pattern`` in full."""
+    return isinstance(value, str) and len(value) <= limit and pattern.fullmatch(value) is not None
+
+
 def check_name(name: object, *, what: str = "model name") -> str:
     """Return ``name`` if it is a valid model or run name, else raise InvalidNameError.
 
@@ -49,7 +55,7 @@ def check_name(name: object, *, what: str = "model name") -> str:
         >>> check_name("digits-cnn.v2")
         'digits-cnn.v2'
     """
-    if not isinstance(name, str) or len(name) > MAX_NAME or not _NAME.fullmatch(name):
+    if not _fits(name, _NAME, MAX_NAME):
         raise InvalidNameError(
             f"invalid {what} {_show(name)}: use 1-{MAX_NAME} ASCII letters, digits, '_', '-' and single dots "
             "between them, starting with a letter or digit (e.g. 'digits-cnn')."
@@ -59,7 +65,7 @@ def check_name(name: object, *, what: str = "model name") -> str:
 
 def check_alias(alias: object) -> str:
     """Return ``alias`` if it is a valid alias (``production``, ``staging``, ...), else raise InvalidNameError."""
-    if not isinstance(alias, str) or len(alias) > MAX_ALIAS or not _ALIAS.fullmatch(alias):
+    if not _fits(alias, _ALIAS, MAX_ALIAS):
         raise InvalidNameError(
             f"invalid alias {_show(alias)}: use 1-{MAX_ALIAS} lowercase letters, digits, '_' and '-', starting "
             "with a letter (e.g. 'production')."
@@ -71,7 +77,7 @@ def check_alias(alias: object) -> str:
 
 def check_file_name(name: object) -> str:
     """Return ``name`` if it is a safe relative file name inside a package or run (``weights.safetensors``)."""
-    if not isinstance(name, str) or len(name) > MAX_FILE or not _FILE.fullmatch(name):
+    if not _fits(name, _FILE, MAX_FILE):
         raise InvalidNameError(
             f"invalid file name {_show(name)}: use 1-{MAX_FILE} ASCII letters, digits, '_', '-' and single dots "
             "between them, starting with a letter, digit or '_' (e.g. 'weights.safetensors'); no folders."
@@ -81,7 +87,7 @@ def check_file_name(name: object) -> str:
 
 def check_run_id(run_id: object) -> str:
     """Return ``run_id`` if it is a run id or an id prefix of at least 4 lowercase hex digits."""
-    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+    if not _fits(run_id, _RUN_ID, 32):
         raise InvalidNameError(
             f"invalid run id {_show(run_id)}: a run id is 32 lowercase hex digits (a prefix of 4 or more works "
             "where it is unique); list them with 'kiln runs list'."
@@ -91,7 +97,7 @@ def check_run_id(run_id: object) -> str:
 
 def check_sha256(digest: object) -> str:
     """Return ``digest`` if it is 64 lowercase hex digits."""
-    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+    if not _fits(digest, _SHA256, 64):
         raise InvalidNameError(f"invalid SHA-256 {_show(digest)}: expected 64 lowercase hex digits.")
     return digest
 
@@ -132,7 +138,7 @@ def parse_reference(reference: object) -> Reference:
         return Reference(name, version=version)
     if tag == "latest":
         return Reference(name)
-    if not isinstance(tag, str) or len(tag) > MAX_ALIAS or not _ALIAS.fullmatch(tag):
+    if not _fits(tag, _ALIAS, MAX_ALIAS):
         raise InvalidNameError(
             f"invalid reference {_show(reference)}: after '@' comes a version number (digits@3), 'latest' or an "
             "alias of lowercase letters, digits, '_' and '-' starting with a letter (digits@production)."
