@@ -1,6 +1,11 @@
-"""kiln's main job: train a small CNN on scikit-learn's bundled digits and report test accuracy.
+"""kiln's main job: train -> register -> serve -> query, on scikit-learn's bundled digits.
 
-Real data (1797 8x8 images that ship with scikit-learn), no download. Run it with:
+1. trains a small CNN on real data (1797 8x8 images that ship with scikit-learn; no download), recording the run
+   in the store (``$KILN_HOME``, default ``./.kiln``: SQLite + content-addressed files);
+2. registers the model as the next version of "digits" (safetensors, ONNX, signature, SHA-256 manifest) and
+   points the "production" alias at it, then shows ``kiln models show digits``;
+3. starts ``kiln serve digits@production`` as a real server on 127.0.0.1 and queries it over HTTP, checking the
+   answers against the model in this process. Run it with:
 
     python examples/digits.py --epochs 15
 """
@@ -8,12 +13,18 @@ Real data (1797 8x8 images that ship with scikit-learn), no download. Run it wit
 from __future__ import annotations
 
 import argparse
+import socket
+import subprocess
+import sys
 
+import numpy as np
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
 import kiln
+import kiln.cli
+import kiln.store
 from kiln.data import ArrayDataset
 
 
@@ -45,10 +56,51 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     train, val, test = load_data(args.seed)
-    model = kiln.Model(digits_cnn(), loss="cross_entropy", optimizer="adamw", lr=3e-3, metrics=["accuracy"])
-    model.fit(train, epochs=args.epochs, batch_size=64, validation=val, lr_schedule="cosine", seed=args.seed)
+    store = kiln.store.Store()  # $KILN_HOME or ./.kiln
+    model = kiln.Model(digits_cnn(), loss="cross_entropy", optimizer="adamw", lr=3e-3, metrics=["accuracy"],
+                       store=store)
+    model.fit(train, epochs=args.epochs, batch_size=64, validation=val, lr_schedule="cosine", seed=args.seed,
+              run="digits-cnn")
     result = model.evaluate(test)
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
+
+    version = model.register("digits", description="small CNN on scikit-learn digits")
+    kiln.store.Store().promote("digits", version.version, "production")
+    print(f"registered digits@{version.version} (run {model.run_id}) and promoted it to production\n")
+    kiln.cli.main(["models", "show", "digits"])
+
+    expected = model.predict(test.x).argmax(-1).numpy()
+    served = query_server("digits@production", test.x.numpy())
+    agree = float((served == expected).mean())
+    accuracy = float((served == test.y.numpy()).mean())
+    print(f"\nserved digits@production: {len(served)} test images over HTTP, accuracy {accuracy:.4f}, "
+          f"agreement with the in-process model {agree:.4f}")
+    if agree < 1.0:
+        raise SystemExit("the served model disagrees with the trained one")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def query_server(reference: str, images: np.ndarray) -> np.ndarray:
+    """Start `kiln serve` on 127.0.0.1, send the images in requests of 32, stop the server; return the classes."""
+    from kiln.serve import Client
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "kiln.cli", "serve", reference, "--port", str(port),
+                               "--no-access-log"])
+    try:
+        with Client(f"http://127.0.0.1:{port}") as client:
+            client.wait_ready(timeout=120)
+            name = reference.split("@")[0]
+            logits = [client.predict(name, images[i : i + 32]) for i in range(0, len(images), 32)]
+    finally:
+        server.terminate()  # SIGTERM: the server drains in-flight requests and exits 0
+        server.wait(timeout=60)
+    return np.concatenate(logits).argmax(-1)
 
 
 if __name__ == "__main__":

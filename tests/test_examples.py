@@ -44,3 +44,14 @@ def test_readme_starts_with_the_two_commands():
         completed = subprocess.run(["bash", "-n", str(ROOT / "scripts" / script)], capture_output=True, text=True,
                                    check=False)
         assert completed.returncode == 0, completed.stderr
+
+
+def test_main_job_trains_registers_serves_and_queries(tmp_path):
+    output = run_example("digits.py", "--epochs", "6", cwd=tmp_path)
+    assert accuracy(output) >= 0.95
+    assert "registered digits@1" in output and "production" in output
+    match = re.search(r"served digits@production: (\d+) test images over HTTP, accuracy ([0-9.]+), agreement with "
+                      r"the in-process model ([0-9.]+)", output)
+    assert match, output
+    assert int(match.group(1)) == 359 and float(match.group(2)) >= 0.95 and float(match.group(3)) == 1.0
+    assert (tmp_path / ".kiln" / "kiln.db").exists()
