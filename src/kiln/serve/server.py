@@ -1,8 +1,7 @@
-"""Run the app under uvicorn: slow-client guard, graceful SIGTERM, logging, and the ``serve`` entry point."""
+"""Run the app under uvicorn (with the header guard), drain on SIGTERM, set up logging; the ``serve`` entry point."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -18,65 +17,11 @@ from typing import Any
 from ..errors import ConfigError
 from .app import KilnApp, create_app
 from .config import ServeConfig
+from .guard import guarded_protocol
 
-__all__ = ["configure_logging", "guarded_protocol", "pin_reference", "run_server", "serve"]
+__all__ = ["configure_logging", "pin_reference", "run_server", "serve"]
 
 logger = logging.getLogger(__name__)
-
-_TIMEOUT_BODY = b'{"error":"the request headers did not arrive in time."}'
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(
-    _TIMEOUT_BODY
-) + (b"connection: close\r\n\r\n" + _TIMEOUT_BODY)
-
-
-def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, plus a deadline for request headers: a client that opens a connection and trickles
-    its headers (slowloris) is answered 408 and disconnected, instead of holding the connection forever.
-    The body has its own deadline in the app (``body_timeout_s``)."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
-
-    base: Any = AutoHTTPProtocol
-
-    class SlowClientGuard(base):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._header_timer: asyncio.TimerHandle | None = None
-            inner: Any = getattr(self, "app")  # noqa: B009 - set by uvicorn's __init__, unknown to mypy
-
-            async def app(scope: Any, receive: Any, send: Any) -> None:
-                self._disarm()  # the headers are complete: the app now owns the request
-                await inner(scope, receive, send)
-
-            self.app = app
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()  # a connection that sends nothing at all is cut off as well
-
-        def data_received(self, data: bytes) -> None:
-            if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
-                self._arm()
-            super().data_received(data)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
-
-        def _arm(self) -> None:
-            self._header_timer = self.loop.call_later(header_timeout_s, self._expired)
-
-        def _disarm(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _expired(self) -> None:
-            self._header_timer = None
-            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
-                self.transport.write(_TIMEOUT_RESPONSE)
-                self.transport.close()
-
-    return SlowClientGuard
 
 
 class _AccessFormatter(logging.Formatter):
