@@ -189,7 +189,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, workers=args.workers, threads=args.threads, runtime=args.runtime,
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout, max_body_bytes=args.max_body_bytes, header_timeout_s=args.client_timeout,
-        body_timeout_s=args.client_timeout, token=_token(args), access_log=not args.no_access_log,
+        body_timeout_s=args.client_timeout, max_connections=args.max_connections, token=_token(args),
+        access_log=not args.no_access_log,
     )  # fmt: skip
     return serve(args.reference, store=args.store, config=config)
 
@@ -219,6 +220,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     parser.add_argument("--max-body-bytes", type=int, default=4 << 20, help="larger bodies get 413 (default 4 MiB)")
     parser.add_argument("--client-timeout", type=float, default=10.0,
                         help="seconds a client has to send its headers, and its body (default 10)")  # fmt: skip
+    parser.add_argument("--max-connections", type=int, default=2048, help="open connections (default 2048)")
     parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
     _token_options(parser)
     parser.set_defaults(handler=_serve)
