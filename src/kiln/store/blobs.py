@@ -13,7 +13,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -102,7 +102,8 @@ class BlobWriter:
         self._path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb", buffering=0)
         self._digest = hashlib.sha256()
-        self._deferred: list[bytes | memoryview] = []  # written, not yet hashed (see write(stable=True))
+        self._hasher: ThreadPoolExecutor | None = None  # hashes stable data beside the writes (see write)
+        self._hashed: list[Future[None]] = []
         self._size = 0
         self._finished: Blob | None = None
         self.blob: Blob | None = None
@@ -113,12 +114,15 @@ class BlobWriter:
     def write(self, data: bytes | bytearray | memoryview, *, stable: bool = False) -> None:
         """Append ``data`` (any bytes-like object; a memoryview over a tensor's memory avoids a copy).
 
-        ``stable=True`` promises that ``data`` stays unchanged until :meth:`finish`: its hashing is then deferred
-        to run while the fsync waits on the disk, so a large blob costs about max(hash, fsync), not their sum.
+        ``stable=True`` promises that ``data`` stays unchanged until :meth:`finish`: it is then hashed on a
+        worker thread while this one writes and fsyncs, so a large blob costs about max(hash, write + fsync)
+        rather than their sum (the write mostly waits on the kernel, the hash on the CPU).
         """
         view = memoryview(data).cast("B")
-        if stable or self._deferred:
-            self._deferred.append(view if stable else bytes(view))
+        if stable or self._hasher is not None:
+            if self._hasher is None:
+                self._hasher = ThreadPoolExecutor(1, thread_name_prefix="kiln-blob-hash")  # one worker: in order
+            self._hashed.append(self._hasher.submit(self._digest.update, view if stable else bytes(view)))
             _write_all(self._file, view)
         else:
             for start in range(0, len(view), _CHUNK):  # hash each chunk while it is still in cache
@@ -135,16 +139,9 @@ class BlobWriter:
         """Flush and fsync the temp file; the digest is final (the blob has no address yet)."""
         if self._finished is None:
             self._file.flush()
-            if self._deferred:
-                with ThreadPoolExecutor(1) as pool:  # the disk works while this thread hashes
-                    synced = pool.submit(os.fsync, self._file.fileno())
-                    for view in self._deferred:
-                        self._digest.update(view)
-                    synced.result()
-                self._deferred.clear()
-            else:
-                os.fsync(self._file.fileno())
+            os.fsync(self._file.fileno())
             self._file.close()
+            self._stop_hasher()
             crash_point("blob:written")
             self._finished = Blob(self._digest.hexdigest(), self._size)
         return self._finished
@@ -173,8 +170,17 @@ class BlobWriter:
         self.blob = blob
         return blob
 
+    def _stop_hasher(self) -> None:
+        if self._hasher is not None:
+            for future in self._hashed:
+                future.result()
+            self._hasher.shutdown()
+            self._hasher, self._hashed = None, []
+
     def abort(self) -> None:
         """Close and remove the temp file; nothing is stored."""
+        with contextlib.suppress(Exception):
+            self._stop_hasher()
         with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(OSError):
