@@ -28,12 +28,24 @@ _EXPORTS: dict[str, str] = {
     "LRSchedule": "kiln.train.schedules",
     "ArrayDataset": "kiln.data.arrays",
     "KilnError": "kiln.errors",
+    "Store": "kiln.store",
+    "TrackingCallback": "kiln.train.tracking",
+    "GradientDoctor": "kiln.train.doctor",
+    "EMA": "kiln.train.averaging",
+    "SWA": "kiln.train.averaging",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+# Subpackages reachable as attributes (kiln.data, kiln.store, ...), also imported on first use.
+_SUBMODULES = ("data", "distributed", "errors", "export", "kernels", "serve", "store", "train")
+
+__all__ = ["__version__", "init", *sorted(_EXPORTS)]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return import_module(f"kiln.{name}")
+    if name == "init":
+        return import_module("kiln.train.init").init
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kiln' has no attribute {name!r}")

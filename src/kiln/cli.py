@@ -28,7 +28,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_info(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("info", help="show kiln and torch versions and the device kiln would train on")
     parser.set_defaults(handler=_info)
 
@@ -169,7 +169,7 @@ def _token(args: argparse.Namespace) -> str | None:
     if args.token is not None and args.token_env is not None:
         raise ConfigError("pass --token or --token-env, not both.")
     if args.token_env is None:
-        return args.token  # type: ignore[no-any-return]
+        return args.token
     token = os.environ.get(args.token_env)
     if not token:
         raise ConfigError(f"--token-env {args.token_env}: that environment variable is not set or empty.")
@@ -195,7 +195,7 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.reference, store=args.store, config=config)
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "serve",
         help="serve a registered model over HTTP (kiln JSON + Open Inference Protocol) until SIGTERM",
@@ -259,7 +259,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "predict",
         help="send inputs to a running `kiln serve` (or, with --local, to the model in this process)",
