@@ -182,6 +182,8 @@ def test_limits_and_errors_never_leak_paths(served: Served):
                 body = response.json()
                 assert set(body) == {"error"}
                 assert str(served.store) not in body["error"] and "Traceback" not in body["error"]
+            unread = await client.post("/v2/models/other/infer", content=b"x" * 1000)  # refused before reading
+            assert unread.status_code == 404 and unread.headers["connection"] == "close"
             assert (await client.post("/v1/models/mlp:predict", json={"inputs": [0.0] * 64})).status_code == 200
 
     run(main())

@@ -173,6 +173,8 @@ class KilnApp:
             logger.exception("unexpected error on %s %s", scope["method"], scope["path"][:_MAX_LOGGED_PATH])
             self.metrics.error("internal")
             response = json_response({"error": "internal server error"}, 500)
+        if headers.unread_body and not any(name == b"connection" for name, _ in response.headers):
+            response.headers = (*response.headers, (b"connection", b"close"))
         await response.send(send)
         self.metrics.request(route, response.status, time.perf_counter() - started)
         if self._access:

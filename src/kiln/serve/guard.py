@@ -50,7 +50,7 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
                 self._disarm()  # the headers are complete: the app now owns the request
                 await inner(scope, receive, send)
 
-            self.app = app
+            self.app: Any = app
 
         def _waiting(self) -> bool:
             """True while no request's headers are complete (uvicorn makes a cycle when they are)."""
@@ -76,6 +76,13 @@ def guarded_protocol(header_timeout_s: float) -> type[asyncio.Protocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+            # uvicorn's protocol and its request cycle refer to each other (and our app wrapper to the protocol),
+            # so a closed connection, with up to 64 KiB of buffered body, waits for a full garbage collection.
+            # Under connection churn (clients refused with 413 and closed) that held tens of MB; drop the links.
+            # Measured: 100k requests, a tenth of them refused, grew RSS by 15% before this and 1% after.
+            self.cycle = None
+            self.app = None
+            getattr(self, "pipeline", []).clear()
 
         def _arm(self) -> None:
             self._header_timer = self.loop.call_later(header_timeout_s, self._expired)

@@ -50,22 +50,29 @@ def error_response(error: RequestError) -> Response:
 class Headers:
     """The few request headers the server reads, found in one pass over the ASGI header list."""
 
-    __slots__ = ("authorization", "content_length", "content_type", "request_id")
+    __slots__ = ("authorization", "body_read", "chunked", "content_length", "request_id")
 
     def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
         self.content_length: bytes | None = None
-        self.content_type: bytes | None = None
+        self.chunked = False
         self.request_id: bytes | None = None
+        self.body_read = False
         for name, value in raw:
             if name == b"authorization":
                 self.authorization = value
             elif name == b"content-length":
                 self.content_length = value
-            elif name == b"content-type":
-                self.content_type = value
+            elif name == b"transfer-encoding":
+                self.chunked = True
             elif name == b"x-request-id":
                 self.request_id = value[:128]
+
+    @property
+    def unread_body(self) -> bool:
+        """True when the request has a body the app did not read: answer with Connection: close, so that the rest
+        of it is never parsed as the next request's headers."""
+        return not self.body_read and (self.chunked or self.content_length not in (None, b"0"))
 
 
 class Disconnected(Exception):
@@ -96,6 +103,7 @@ async def read_body(receive: Receive, headers: Headers, *, limit: int, timeout_s
     if not message.get("more_body", False):
         if len(body) > limit:
             raise _too_large(limit)
+        headers.body_read = True
         return body
     chunks, size = [body], len(body)
     loop = asyncio.get_running_loop()
@@ -115,4 +123,5 @@ async def read_body(receive: Receive, headers: Headers, *, limit: int, timeout_s
             raise _too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
+            headers.body_read = True
             return b"".join(chunks)
