@@ -12,9 +12,8 @@ import math
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -129,7 +128,7 @@ class GradientDoctor(Callback):
     that step), so non-finite gradients are reported only when they persist for three looks.
 
     Example:
-        >>> doctor = GradientDoctor(every=25)
+        >>> doctor = GradientDoctor(every=100)   # default 50
         >>> history = model.fit(train, epochs=5, callbacks=[doctor])
         >>> for finding in history.diagnostics:
         ...     print(finding.kind, finding.layers, finding.remedies[0])
@@ -138,7 +137,7 @@ class GradientDoctor(Callback):
     def __init__(
         self,
         *,
-        every: int = 25,
+        every: int = 50,
         early: int = 16,
         vanish_ratio: float = 1e-3,
         explode_factor: float = 10.0,
@@ -181,7 +180,7 @@ class GradientDoctor(Callback):
         self._vanishing: set[str] | None = None
         self._vanishing_streak = 0
         self._nonfinite_streak = 0
-        self._dead: dict[str, np.ndarray] = {}  # ReLU name -> units dead on every look of the current streak
+        self._fired: dict[str, torch.Tensor] = {}  # ReLU name -> units that fired on some look of the current streak
         self._dead_streak: dict[str, int] = {}
         self._dead_since: dict[str, int] = {}
         self._first_look: int | None = None
@@ -194,8 +193,10 @@ class GradientDoctor(Callback):
         self._handles: list[Any] = []
         self._recording_order = False
         self._order: list[str] = []
-        self._alive: dict[str, list[Any]] = {}  # ReLU name -> [alive units (bool), nonzero count, numel]
+        self._alive: dict[str, torch.Tensor] = {}  # ReLU name -> (units,) bool: fired on some sample
         self._modules_by_name: dict[str, nn.Module] = {}
+        self._params: list[torch.Tensor] = []
+        self._owners: list[int] = []
         self._relus: list[tuple[nn.Module, Any]] = []
         self._pending_total: float | None = None
         self._feeder: dict[str, str] = {}
@@ -211,6 +212,8 @@ class GradientDoctor(Callback):
         if not self._loaded:  # a fresh diagnosis per fit, unless resuming from load_state_dict
             self.findings = []
             self._reset()
+        elif model.history is not None:  # resumed: the run's History lists what was found before the restart
+            model.history.diagnostics.extend(self.findings)
         self._loaded = False
         root = model.module
         if isinstance(root, nn.parallel.DistributedDataParallel):  # names as the user's module spells them
@@ -222,6 +225,8 @@ class GradientDoctor(Callback):
                 self._layers.append(_Layer(name or "(root)", module, params))
         self._root = root
         self._modules_by_name = {layer.name: layer.module for layer in self._layers}
+        self._params = [param for layer in self._layers for param in layer.params]
+        self._owners = [index for index, layer in enumerate(self._layers) for _ in layer.params]
         for layer in self._layers:
             layer.order_hook = self._order_hook(layer.name)
         self._relus = [
@@ -233,7 +238,7 @@ class GradientDoctor(Callback):
         self._hooks_enabled = self.activations and model.fit_config.get("mode", "eager") != "graph"
         if model.fit_config.get("strategy") == "fsdp":  # sharded parameters: per-layer norms would be per shard
             logger.info("the gradient doctor checks only the loss under strategy='fsdp'")
-            self._layers, self._relus, self._hooks_enabled = [], [], False
+            self._layers, self._relus, self._hooks_enabled, self._params, self._owners = [], [], False, [], []
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
         # Hooks for the first look go in here rather than in on_fit_start, after every callback's on_fit_start ran,
@@ -303,18 +308,13 @@ class GradientDoctor(Callback):
             ndim = output.ndim
             if ndim == 2:
                 dims: tuple[int, ...] = (0,)  # (B, F)
-            elif ndim >= 4 or isinstance(self._modules_by_name.get(self._feeder[name]), _CHANNELS_FIRST):
+            elif ndim >= 4 or isinstance(self._modules_by_name.get(self._feeder.get(name, "")), _CHANNELS_FIRST):
                 dims = (0, *range(2, ndim))  # (B, C, ...): a unit is a channel
             else:
                 dims = tuple(range(ndim - 1))  # (B, T, F)
-            out = output.detach()
-            alive = out.amax(dim=dims) > 0  # (units,) a ReLU unit fired on some sample
-            nonzero = torch.count_nonzero(out)
-            entry = self._alive.get(name)
-            if entry is None:
-                self._alive[name] = [alive, nonzero, out.numel()]
-            else:  # gradient accumulation: several forward passes make one step
-                entry[0], entry[1], entry[2] = entry[0] | alive, entry[1] + nonzero, entry[2] + out.numel()
+            alive = output.detach().any(dim=dims)  # (units,) a unit fired on some sample (ReLU output is >= 0)
+            previous = self._alive.get(name)  # gradient accumulation: several forward passes make one step
+            self._alive[name] = alive if previous is None else previous | alive
 
         return hook
 
@@ -322,20 +322,19 @@ class GradientDoctor(Callback):
     def _look(self, model: Model, step: int) -> None:
         self._remove_hooks()
         self._next_event = step + 1
-        grads, weights, owners = [], [], []
-        for index, layer in enumerate(self._layers):
-            for param in layer.params:
-                if param.grad is not None:
-                    grad = param.grad
-                    grads.append(grad.coalesce().values() if grad.is_sparse else grad)
-                    weights.append(param)
-                    owners.append(index)
+        weights, owners = self._params, self._owners
+        maybe = [param.grad for param in weights]
+        if any(grad is None or grad.is_sparse for grad in maybe):  # unused parameters, sparse embeddings
+            present = [i for i, grad in enumerate(maybe) if grad is not None]
+            weights, owners = [weights[i] for i in present], [owners[i] for i in present]
+            maybe = [grad.coalesce().values() if grad.is_sparse else grad for grad in maybe if grad is not None]
+        grads = cast(list[torch.Tensor], maybe)
         if not grads:
             return
         if self._first_look is None:
             self._first_look = step
         with torch.no_grad():
-            norms = torch.stack([*torch._foreach_norm(grads), *torch._foreach_norm(weights)]).float().cpu().tolist()
+            norms = torch.stack(torch._foreach_norm([*grads, *weights])).tolist()  # one transfer for all of them
             self._snapshot = list(torch._foreach_mul(weights, 1.0))
         self._snapshot_step = step
         grad_sq: dict[int, float] = {}
@@ -377,7 +376,7 @@ class GradientDoctor(Callback):
         assert snapshot is not None
         with torch.no_grad():
             torch._foreach_sub_(snapshot, self._snapshot_params)  # (old - new): the update, negated, in place
-            update_norms = torch.stack(torch._foreach_norm(snapshot)).float().cpu().tolist()
+            update_norms = torch.stack(torch._foreach_norm(snapshot)).tolist()
         update_sq: dict[int, float] = {}
         for owner, norm in zip(self._snapshot_owners, update_norms, strict=True):
             update_sq[owner] = update_sq.get(owner, 0.0) + norm**2
@@ -567,38 +566,33 @@ class GradientDoctor(Callback):
         self._report(model, "vanishing", Finding("vanishing", names, step, evidence, self._vanishing_remedies()))
 
     def _check_dead(self, model: Model, step: int) -> None:
-        entries, self._alive = self._alive, {}
-        if not entries:
+        alive, self._alive = self._alive, {}
+        if not alive:
             return
-        names = list(entries)
-        masks = torch.cat([entries[name][0] for name in names]).cpu().numpy()
-        nonzero = torch.stack([torch.as_tensor(entries[name][1]) for name in names]).cpu().tolist()
+        fired = torch.cat(list(alive.values())).tolist()  # one transfer and plain Python: a look runs on cold caches
         start = 0
-        for name, count in zip(names, nonzero, strict=True):
-            alive, numel = entries[name][0], entries[name][2]
-            dead = ~masks[start : start + alive.numel()]
-            start += alive.numel()
-            previous = self._dead.get(name)
-            merged = dead & previous if previous is not None and previous.shape == dead.shape else dead
-            threshold = self.dead_fraction * dead.size
-            if self._dead_streak.get(name, 0) >= 1 and np.count_nonzero(merged) >= threshold:
-                self._dead[name], self._dead_streak[name] = merged, self._dead_streak[name] + 1
-            else:
-                self._dead[name], self._dead_streak[name] = dead, 1 if np.count_nonzero(dead) >= threshold else 0
-                self._dead_since[name] = step
-            streak = self._dead_streak[name]
-            if streak >= self.patience:
-                finding = self._dead_finding(model, step, name, self._dead[name], 1 - count / numel, streak)
-                self._report(model, f"dead_relu:{name}", finding)
+        for name, mask in alive.items():
+            size = mask.numel()
+            count, start = size - sum(fired[start : start + size]), start + size
+            threshold = self.dead_fraction * size
+            union = self._fired.get(name)
+            if count >= threshold and self._dead_streak.get(name, 0) >= 1 and union is not None:
+                union = union | mask  # a unit is dead when it fired on none of the looks of the streak
+                dead = size - int(union.sum())
+                if dead >= threshold:
+                    self._fired[name], self._dead_streak[name] = union, self._dead_streak[name] + 1
+                    if self._dead_streak[name] >= self.patience:
+                        finding = self._dead_finding(model, step, name, dead, size, self._dead_streak[name])
+                        self._report(model, f"dead_relu:{name}", finding)
+                    continue
+            self._fired[name], self._dead_streak[name] = mask, int(count >= threshold)
+            self._dead_since[name] = step
 
-    def _dead_finding(
-        self, model: Model, step: int, name: str, dead: np.ndarray, zero_fraction: float, streak: int
-    ) -> Finding:
+    def _dead_finding(self, model: Model, step: int, name: str, dead: int, size: int, streak: int) -> Finding:
         feeder = next((layer for layer in self._layers if layer.name == self._feeder.get(name)), None)
         evidence = (
-            f"{dead.mean():.0%} of the {dead.size} units of '{name}' gave zero for every sample on "
-            f"{streak} looks in a row up to step {step} ({zero_fraction:.0%} of its outputs at step {step} "
-            "were zero)"
+            f"{dead / size:.0%} of the {size} units of '{name}' gave zero for every "
+            f"sample on {streak} looks in a row up to step {step}"
         )
         bias = getattr(feeder.module, "bias", None) if feeder is not None else None
         if feeder is not None:
