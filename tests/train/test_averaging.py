@@ -188,6 +188,17 @@ def test_evaluate_and_predict_use_the_averaged_weights(digits, averaging):
     assert history["val_accuracy"][-1] > 0.8
 
 
+def test_the_averaged_copy_never_carries_the_doctors_forward_hooks(digits):
+    from kiln.train.doctor import GradientDoctor
+
+    model = kiln.Model(bn_net(), loss="cross_entropy", lr=1e-2)
+    ema, swa, doctor = EMA(), SWA(start=0), GradientDoctor(every=1, print_findings=False)
+    model.fit(digits, epochs=1, batch_size=64, seed=0, callbacks=[doctor, ema, swa], verbose=0)
+    assert doctor.stats["grad_norms"]
+    for copy in (ema.module, swa.module, model.module):
+        assert sum(len(m._forward_hooks) for m in copy.modules()) == 0
+
+
 def test_ema_counts_optimizer_steps_not_batches(digits):
     model = kiln.Model(nn.Linear(64, 10), loss="cross_entropy", lr=1e-2)
     ema = EMA()

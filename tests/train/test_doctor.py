@@ -145,6 +145,14 @@ def test_nan_gradient_names_the_layer_where_it_starts(digits):
     assert model.history.diagnostics == doctor.findings
 
 
+def test_under_fp16_loss_scaling_only_persistent_nonfinite_gradients_are_reported(digits):
+    torch.manual_seed(0)
+    net = relu_mlp(64, 64, 64, 10)
+    net[2].register_forward_hook(lambda module, inputs, output: _NaNGradient.apply(output))
+    _, doctor = fit(net, digits, precision="fp16")  # the scaler skips every step; the weights stay finite
+    assert [(f.kind, f.layers[0], f.step) for f in doctor.findings] == [("nonfinite", "2", 2)]  # 3rd look: 0, 1, 2
+
+
 class _SpikeOnce(nn.Module):
     """Scales the logits 10000x on one training batch: a loss spike with a known step."""
 
