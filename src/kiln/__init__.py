@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "Store": "kiln.store",
     "TrackingCallback": "kiln.train.tracking",
     "GradientDoctor": "kiln.train.doctor",
+    "Finding": "kiln.train.doctor",
     "EMA": "kiln.train.averaging",
     "SWA": "kiln.train.averaging",
 }

@@ -179,3 +179,16 @@ def test_kernels_on_swaps_norms_and_loss_and_keeps_results():
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5)
     with pytest.raises(kiln.KilnError, match="kernels must be"):
         kiln.Model(nn.Linear(2, 2), kernels="fast")
+
+
+def test_gradient_doctor_is_on_by_default_and_can_be_turned_off():
+    torch.manual_seed(0)
+    deep = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(16, 16), nn.Sigmoid())], nn.Linear(16, 2))
+    x, y = torch.randn(256, 16), torch.randint(0, 2, (256,))
+    history = kiln.Model(deep, loss="cross_entropy", optimizer="sgd", lr=0.01).fit(
+        (x, y), epochs=8, batch_size=16, verbose=0)
+    kinds = {finding.kind for finding in history.diagnostics}
+    assert "vanishing" in kinds, history.diagnostics
+    quiet = kiln.Model(copy.deepcopy(deep), loss="cross_entropy", optimizer="sgd", lr=0.01).fit(
+        (x, y), epochs=8, batch_size=16, verbose=0, doctor=False)
+    assert quiet.diagnostics == []

@@ -121,6 +121,7 @@ class Model:
         self.run_id: str | None = None  # set by run tracking
         self.data_fingerprint: str | None = None
         self.train_data: Any = None
+        self.train_loader: Loader | None = None
         self.example_input: Any = None  # one input batch of the last fit: fixes the signature on register
         self._graph: Any = None  # the torch.compile wrapper of module, built on first use
 
@@ -163,6 +164,7 @@ class Model:
         strategy: str = "auto",
         sync_batchnorm: bool = False,
         run: str | None = None,
+        doctor: bool | Callback = True,
         verbose: int | str = "auto",
     ) -> History:
         """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
@@ -179,8 +181,9 @@ class Model:
         script both starts and continues a run. ``strategy``: "auto" (DDP when launched by torchrun with several
         ranks), "ddp", "fsdp" (FSDP2 ``fully_shard``) or "none"; ``sync_batchnorm`` computes BatchNorm statistics
         over all ranks' batches. ``run`` names the run this fit is recorded as in the Model's store (or the
-        default store, ``$KILN_HOME`` or ``./.kiln``). ``verbose``: "auto" (a live bar on a terminal, a line per epoch
-        otherwise), 1, or 0 for silence.
+        default store, ``$KILN_HOME`` or ``./.kiln``). ``doctor`` runs the gradient doctor (True: the default
+        ``kiln.GradientDoctor()``; or pass a configured one; False turns it off). ``verbose``: "auto" (a live bar
+        on a terminal, a line per epoch otherwise), 1, or 0 for silence.
 
         Example:
             >>> history = model.fit(train, epochs=10, batch_size=64, validation=val, lr_schedule="cosine", seed=0)
@@ -224,14 +227,22 @@ class Model:
             "clip_grad_norm": clip_grad_norm, "accumulate": accumulate, "seed": seed,
             "lr_schedule": repr(lr_schedule) if lr_schedule is not None else None, "device": str(self.device),
             "strategy": strategy, "world_size": world, "global_batch_size": batch_size * world * accumulate,
+            "verbose": verbose,
         }
         if world > 1 and distributed.is_rank_zero():
             logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
                         batch_size, batch_size * world * accumulate)
         self.history = History()
-        self.train_data, self.example_input = data, _first_input(data)
+        self.train_data, self.train_loader, self.example_input = data, loader, _first_input(data)
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
+        if doctor is not False:
+            from .doctor import GradientDoctor
+
+            if isinstance(doctor, Callback):
+                all_callbacks.append(doctor)
+            elif not any(isinstance(cb, GradientDoctor) for cb in callbacks):
+                all_callbacks.append(GradientDoctor())
         if run is not None or self.store is not None:
             from .tracking import TrackingCallback
 
