@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
-from .arrays import ArrayDataset
-from .images import collate_same_shape, scan_class_folders
+from .folders import ClassFolder, collate_same_shape, scan_class_folders
 
 __all__ = ["AudioFolder", "log_mel_spectrogram", "mel_filterbank", "read_wav", "resample"]
 
@@ -189,7 +187,7 @@ def log_mel_spectrogram(
     return torch.log(mel + 1e-6).reshape(*waveform.shape[:-1], n_mels, mel.shape[-1])
 
 
-class AudioFolder(Dataset[tuple[torch.Tensor, int]]):
+class AudioFolder(ClassFolder):
     """WAV files stored as ``root/<class name>/<file>.wav``, served as fixed-length features and a class id.
 
     Every file is decoded to mono, resampled to ``sample_rate``, then trimmed or zero-padded to ``duration``
@@ -236,13 +234,6 @@ class AudioFolder(Dataset[tuple[torch.Tensor, int]]):
             )
         self.classes, self.samples = scan_class_folders(self.root, extensions, classes=classes, kind="AudioFolder")
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.load(path), label
-
     def __repr__(self) -> str:
         return (
             f"AudioFolder({str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, "
@@ -270,8 +261,3 @@ class AudioFolder(Dataset[tuple[torch.Tensor, int]]):
     def collate_fn(self, items: list[tuple[torch.Tensor, int]]) -> Any:
         """Stack samples into a batch (all have one shape, since every file is cut to ``duration``)."""
         return collate_same_shape(items, hint="this is a bug in AudioFolder's fixed-length padding")
-
-    def to_memory(self) -> ArrayDataset:
-        """Decode every file once into an :class:`ArrayDataset` of features and int64 labels."""
-        x, y = self.collate_fn([self[i] for i in range(len(self))])
-        return ArrayDataset(x, y, batch_transform=self.batch_transform, classes=self.classes)

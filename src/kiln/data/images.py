@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
 
 from ..errors import ConfigError, DataError
-from .arrays import ArrayDataset
+from .folders import ClassFolder, collate_same_shape, scan_class_folders
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder"]
 
@@ -28,7 +27,7 @@ def _pillow() -> ModuleType:
     return Image
 
 
-class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
+class ImageFolder(ClassFolder):
     """Images stored as ``root/<class name>/<file>``, served as (float32 (C, H, W) tensor in [0, 1], class id).
 
     Class ids follow the sorted folder names (``.classes``); pass ``classes=`` (e.g. ``train.classes``) to pin
@@ -64,13 +63,6 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         self.batch_transform = batch_transform
         self.classes, self.samples = scan_class_folders(self.root, extensions, classes=classes, kind="ImageFolder")
 
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        path, label = self.samples[index]
-        return self.load(path), label
-
     def __repr__(self) -> str:
         return f"ImageFolder({str(self.root)!r}, n={len(self)}, classes={len(self.classes)}, size={self.size})"
 
@@ -96,16 +88,6 @@ class ImageFolder(Dataset[tuple[torch.Tensor, int]]):
         """Stack samples into a batch, with a clear error when images differ in size."""
         return collate_same_shape(items, hint="pass size=(H, W) to ImageFolder to resize every image")
 
-    def to_memory(self) -> ArrayDataset:
-        """Decode every image once into an :class:`ArrayDataset` ((N, C, H, W) float32, (N,) int64 labels).
-
-        Example:
-            >>> train = ImageFolder("digits/train", size=28, grayscale=True).to_memory()
-        """
-        items = [self[i] for i in range(len(self))]
-        x, y = self.collate_fn(items)
-        return ArrayDataset(x, y, batch_transform=self.batch_transform, classes=self.classes)
-
 
 def _upright(image: Any) -> Any:
     """Apply the EXIF orientation tag (phone photos), so pixels are stored the way the picture is viewed."""
@@ -121,55 +103,3 @@ def _image_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     if len(pair) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in pair):
         raise ConfigError(f"ImageFolder: size must be a positive int or an (H, W) pair, got {size!r}.")
     return pair[0], pair[1]
-
-
-def collate_same_shape(items: list[tuple[torch.Tensor, Any]], *, hint: str) -> Any:
-    """default_collate for (tensor, label) samples, raising DataError (with ``hint``) when shapes differ."""
-    first = items[0][0].shape
-    for x, _ in items:
-        if x.shape != first:
-            raise DataError(f"samples in one batch have different shapes, {tuple(first)} and {tuple(x.shape)}; {hint}.")
-    return default_collate(items)
-
-
-def scan_class_folders(
-    root: Path, extensions: Sequence[str], *, classes: Sequence[str] | None, kind: str
-) -> tuple[list[str], list[tuple[str, int]]]:
-    """The class names and the sorted (file, class id) pairs under ``root/<class>/``; hidden entries are skipped."""
-    if not root.is_dir():
-        raise DataError(
-            f"{kind}: {os.fspath(root)!r} is not a directory; pass the folder holding one subfolder per class."
-        )
-    suffixes = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-    if not suffixes:
-        raise ConfigError(f"{kind}: extensions is empty; pass the file endings to read, e.g. {IMAGE_EXTENSIONS[:2]}.")
-    found = sorted(entry.name for entry in root.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    if classes is None:
-        names = found
-    else:
-        names = list(classes)
-        unknown = sorted(set(found) - set(names))
-        if unknown:
-            raise DataError(f"{kind}: folders {unknown} under {os.fspath(root)!r} are not in classes={names}.")
-    if not names:
-        raise DataError(
-            f"{kind}: {os.fspath(root)!r} has no class subfolders; lay files out as root/<class name>/<file>, "
-            f"e.g. {os.fspath(root / 'cat' / ('1' + suffixes[0]))}."
-        )
-    samples: list[tuple[str, int]] = []
-    for label, name in enumerate(names):
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        for directory, subdirs, files in os.walk(folder):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            samples.extend(
-                (os.path.join(directory, file), label)
-                for file in sorted(files)
-                if not file.startswith(".") and file.lower().endswith(suffixes)
-            )
-    if not samples:
-        raise DataError(
-            f"{kind}: no files ending in {list(suffixes)} in the class folders {names} of {os.fspath(root)!r}."
-        )
-    return names, samples
