@@ -80,11 +80,7 @@ def test_a_failing_request_fails_alone():
     for i, result in enumerate(results):
         if i != 5:
             assert isinstance(result, list) and np.all(result[0] == 2 * i)
-    assert batcher_errors(model) >= 1
-
-
-def batcher_errors(model: Doubler) -> int:
-    return sum(1 for size in model.sizes if size == 1)
+    assert model.sizes[0] > 1 and model.sizes.count(1) >= model.sizes[0]  # the batch failed, then ran one by one
 
 
 def test_full_queue_raises_and_timeouts_expire():
