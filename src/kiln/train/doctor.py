@@ -11,7 +11,6 @@ import logging
 import math
 import statistics
 from collections import deque
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -20,6 +19,21 @@ from torch import nn
 from ..distributed import is_rank_zero
 from ..errors import ConfigError
 from .callbacks import Callback
+from .findings import (
+    _CHANNELS_FIRST,
+    _RELUS,
+    KINDS,
+    Finding,
+    _dead_relu_finding,
+    _exploding_finding,
+    _Layer,
+    _loss_spike_finding,
+    _nonfinite_gradient_finding,
+    _nonfinite_loss_finding,
+    _Remedies,
+    _run_remedies,
+    _vanishing_finding,
+)
 
 if TYPE_CHECKING:
     from .model import Model
@@ -27,84 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Finding", "GradientDoctor"]
 
 logger = logging.getLogger("kiln.doctor")
-
-KINDS = ("vanishing", "exploding", "loss_spike", "dead_relu", "nonfinite")
-_TITLES = {
-    "vanishing": "vanishing gradients",
-    "exploding": "exploding gradients",
-    "loss_spike": "loss spike",
-    "dead_relu": "dead ReLU units",
-    "nonfinite": "non-finite values",
-}
-_SATURATING = (nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardtanh, nn.Softsign, nn.LogSigmoid)
-_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
-_RELUS = (nn.ReLU, nn.ReLU6)
-_CHANNELS_FIRST = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._BatchNorm,
-    nn.modules.instancenorm._InstanceNorm,
-    nn.GroupNorm,
-)
-_EMA_HINT = "callbacks=[EMA(decay=0.999)] from kiln.train.averaging"
-
-
-@dataclass
-class Finding:
-    """One diagnosis: what (``kind``), where (module paths), when (optimizer step), the numbers, and what to try.
-
-    ``kind`` is one of :data:`KINDS`; ``layers`` are paths as ``module.named_modules()`` spells them ("(root)" for
-    parameters that sit directly on the top module); ``step`` counts the optimizer steps done before the evidence.
-
-    Example:
-        >>> finding = history.diagnostics[0]
-        >>> finding.kind, finding.layers, finding.step
-        ('vanishing', ['0', '2'], 1)
-        >>> print(finding)   # the same text the progress output shows
-    """
-
-    kind: str
-    layers: list[str]
-    step: int
-    evidence: str
-    remedies: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        where = ", ".join(repr(name) for name in self.layers) or "the model"
-        lines = [
-            f"kiln doctor: {_TITLES.get(self.kind, self.kind)} in {where} (step {self.step})",
-            f"  evidence: {self.evidence}",
-        ]
-        return "\n".join([*lines, *(f"  try: {remedy}" for remedy in self.remedies)])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _Layer:
-    name: str
-    module: nn.Module
-    params: list[torch.Tensor]
-    order_hook: Any = None
-
-    @property
-    def label(self) -> str:
-        return f"'{self.name}' ({type(self.module).__name__})"
-
-
-def _round(value: float) -> float:
-    """Two significant digits: a value a person would type."""
-    if value <= 0 or not math.isfinite(value):
-        return value
-    return float(f"{value:.2g}")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class GradientDoctor(Callback):
@@ -415,37 +351,14 @@ class GradientDoctor(Callback):
             return True  # loss scaling overflows now and then by design; the scaler skips the step
         ranks = self._forward_ranks()
         bad.sort(key=lambda index: ranks[self._layers[index].name])
-        origin = self._layers[bad[-1]]
-        evidence = f"the gradient norm of {origin.label} is {layer_norms[bad[-1]]} at step {step}"
-        if len(bad) == len(layer_norms):
-            evidence += "; every layer's gradient is non-finite, so it starts at the loss or the output layer"
-        elif len(bad) > 1:
-            before = ", ".join(repr(self._layers[index].name) for index in bad[:-1][:4])
-            evidence += (
-                f"; the {len(bad) - 1} layer(s) before it in the forward pass ({before}"
-                f"{', ...' if len(bad) > 5 else ''}) get their gradient through it and are non-finite too, "
-                "the layers after it are finite"
-            )
         bad_weights = [self._layers[index].name for index, norm in weight_norms.items() if not math.isfinite(norm)]
         if bad_weights and self._reported_nonfinite():
             return True  # the consequence of a source already reported: NaN weights spread to every layer
-        if bad_weights:
-            evidence += f"; the weights of {bad_weights[:4]} are already non-finite (an earlier update overflowed)"
-        else:
-            evidence += "; all weights are still finite, so it arises in this step's backward pass"
-        remedies = [
-            f"Check the forward of {origin.label} and what follows it for operations whose gradient overflows or "
-            "divides by zero (log, sqrt, pow, division, exp, the norm of a zero vector): add an epsilon or clamp.",
-            "Run one step under torch.autograd.set_detect_anomaly(True) to name the operation that made it.",
-        ]
-        if bad_weights:
-            remedies.append(self._lr_remedy(model))
-        remedies += self._precision_remedy(model)
-        self._report(
-            model,
-            f"nonfinite:{origin.name}",
-            Finding("nonfinite", [self._layers[index].name for index in reversed(bad)], step, evidence, remedies),
-        )
+        layers = [self._layers[index] for index in bad]
+        every_layer = len(bad) == len(layer_norms)
+        remedies = self._remedies(model)
+        finding = _nonfinite_gradient_finding(step, layers, layer_norms[bad[-1]], every_layer, bad_weights, remedies)
+        self._report(model, f"nonfinite:{layers[-1].name}", finding)
         return True
 
     def _check_losses(self, model: Model) -> None:
@@ -473,18 +386,10 @@ class GradientDoctor(Callback):
         if not spikes or median is None or self._initial_loss is None:
             return
         step, value = max(spikes, key=lambda item: item[1])
-        evidence = (
-            f"the batch loss {value:.4g} at step {step} is {value / median:.0f}x the running median "
-            f"{median:.4g} of the last {len(window)} batches and above the loss at the start "
-            f"({self._initial_loss:.4g}); {len(spikes)} such batch(es) since the previous look"
+        finding = _loss_spike_finding(
+            step, value, median, len(window), self._initial_loss, len(spikes), self._remedies(model)
         )
-        remedies = [
-            *self._clip_remedy(),
-            self._lr_remedy(model),
-            f"Average the weights so one bad step does not decide the result: {_EMA_HINT}.",
-            f"Look at the batch of step {step} for outliers or wrong labels.",
-        ]
-        self._report(model, "loss_spike", Finding("loss_spike", [], step, evidence, remedies))
+        self._report(model, "loss_spike", finding)
 
     def _report_nonfinite_loss(self, model: Model, step: int, value: float) -> None:
         if self._reported_nonfinite():
@@ -497,19 +402,7 @@ class GradientDoctor(Callback):
             if not all(math.isfinite(n) for n in norms[position : position + len(layer.params)]):
                 bad.append(layer.name)
             position += len(layer.params)
-        evidence = f"the training loss was {value} at step {step}"
-        evidence += (
-            f"; the weights of {bad[:4]}{' ...' if len(bad) > 4 else ''} are non-finite now"
-            if bad
-            else "; the weights are finite, so the inputs or the loss computation produced it"
-        )
-        remedies = [
-            self._lr_remedy(model),
-            *self._clip_remedy(),
-            "Check the inputs and targets of that batch for NaN/Inf, and the loss for log(0) or division by 0.",
-            *self._precision_remedy(model),
-        ]
-        self._report(model, "nonfinite:loss", Finding("nonfinite", bad, step, evidence, remedies))
+        self._report(model, "nonfinite:loss", _nonfinite_loss_finding(step, value, bad, self._remedies(model)))
 
     def _check_exploding(self, model: Model, step: int, total: float, rising: bool) -> bool:
         history = self._healthy_norms
@@ -520,24 +413,9 @@ class GradientDoctor(Callback):
         if not (total > self.explode_factor * median and total > top and rising):
             return False
         largest = sorted(((norm, name) for name, norm in self.stats["grad_norms"].items()), reverse=True)[:3]
-        evidence = (
-            f"the total gradient norm {total:.3g} at step {step} is {total / max(median, 1e-30):.0f}x the "
-            f"median {median:.3g} of {len(history)} earlier looks (largest earlier {top:.3g}); largest layers: "
-            + ", ".join(f"'{name}' {norm:.3g}" for norm, name in largest)
-        )
-        if self._last_update_ratios:
-            name, ratio = max(self._last_update_ratios.items(), key=lambda item: item[1])
-            evidence += (
-                f"; the update after the previous look moved '{name}' by {ratio:.2g} of its norm (1e-3 is usual)"
-            )
-        remedies = [*self._clip_remedy(), self._lr_remedy(model)]
-        if not any(isinstance(module, _NORMS) for module in self._root.modules()):
-            remedies.append(
-                "Add normalisation (BatchNorm for MLPs and CNNs, LayerNorm for transformers and RNNs) to "
-                "keep activations and gradients in range."
-            )
-        remedies.append(f"Average the weights to smooth out unstable steps: {_EMA_HINT}.")
-        self._report(model, "exploding", Finding("exploding", [name for _, name in largest], step, evidence, remedies))
+        ratios, remedies = self._last_update_ratios, self._remedies(model)
+        finding = _exploding_finding(step, total, median, top, len(history), largest, ratios, remedies)
+        self._report(model, "exploding", finding)
         return True
 
     def _check_vanishing(self, model: Model, step: int, layer_norms: dict[int, float]) -> None:
@@ -553,17 +431,11 @@ class GradientDoctor(Callback):
         ranks = self._forward_ranks()
         names = sorted(self._vanishing, key=lambda name: ranks[name])
         norms = self.stats["grad_norms"]
-        top_name = max(norms, key=lambda name: norms[name])
         last = max(norms, key=lambda name: ranks[name])
-        shown = ", ".join(f"'{name}' {norms[name]:.2g}" for name in names[:5]) + (" ..." if len(names) > 5 else "")
-        evidence = (
-            f"gradient norms {shown} at step {step} are below {self.vanish_ratio:g}x the largest, "
-            f"'{top_name}' {norms[top_name]:.2g} (smallest ratio {min(norms[n] for n in names) / top:.1e}), "
-            f"on {self._vanishing_streak} looks in a row"
+        finding = _vanishing_finding(
+            step, names, norms, top, last, self.vanish_ratio, self._vanishing_streak, self._root
         )
-        if last != top_name:
-            evidence += f"; the last layer '{last}' has {norms[last]:.2g}"
-        self._report(model, "vanishing", Finding("vanishing", names, step, evidence, self._vanishing_remedies()))
+        self._report(model, "vanishing", finding)
 
     def _check_dead(self, model: Model, step: int) -> None:
         alive, self._alive = self._alive, {}
@@ -590,83 +462,23 @@ class GradientDoctor(Callback):
 
     def _dead_finding(self, model: Model, step: int, name: str, dead: int, size: int, streak: int) -> Finding:
         feeder = next((layer for layer in self._layers if layer.name == self._feeder.get(name)), None)
-        evidence = (
-            f"{dead / size:.0%} of the {size} units of '{name}' gave zero for every "
-            f"sample on {streak} looks in a row up to step {step}"
-        )
-        bias = getattr(feeder.module, "bias", None) if feeder is not None else None
-        if feeder is not None:
-            evidence += f"; it follows {feeder.label}"
-            if isinstance(bias, torch.Tensor):
-                evidence += f", whose mean bias is {float(bias.detach().float().mean()):.3g}"
-        init = (
-            f"Re-initialise {feeder.label if feeder else 'the layer before it'} with kiln.init(module, 'kaiming', "
-            "bias=0.0): He-scaled weights and zero biases keep about half the units active."
-        )
-        leaky = f"Use LeakyReLU or GELU instead of ReLU at '{name}' so units that stop firing still get a gradient."
-        if self._dead_since.get(name) == self._first_look:
-            evidence += f"; dead from the first look (step {self._first_look}), so the initialisation put them there"
-            remedies = [init, leaky]
-        else:
-            evidence += f"; alive before step {self._dead_since.get(name)}, so training pushed them there"
-            remedies = [self._lr_remedy(model), leaky, init]
-        if not any(isinstance(module, _NORMS) for module in self._root.modules()):
-            remedies.append("Add BatchNorm before the ReLU to keep its inputs centred around zero.")
-        layers = [feeder.name, name] if feeder is not None else [name]
-        return Finding("dead_relu", layers, step, evidence, remedies)
+        since, first = self._dead_since.get(name), self._first_look
+        return _dead_relu_finding(step, name, dead, size, streak, feeder, since, first, self._remedies(model))
 
     def _reported_nonfinite(self) -> bool:
         return any(key.startswith("nonfinite:") for key in self._reported)
 
     # ------------------------------------------------------------------ remedies
-    def _clip_remedy(self) -> list[str]:
-        if not self._healthy_norms:
-            return ["Clip gradients: fit(..., clip_grad_norm=1.0)."]
-        norms = list(self._healthy_norms)
-        value = _round(_percentile(norms, self.clip_percentile))
-        return [
-            f"Clip gradients: fit(..., clip_grad_norm={value:g}), the {self.clip_percentile:g}th percentile of "
-            f"the total gradient norm over {len(norms)} healthy looks (median {statistics.median(norms):.3g})."
-        ]
-
-    def _lr_remedy(self, model: Model) -> str:
-        lr = float(model.optimizer.param_groups[0]["lr"])
-        total = max(model.steps_per_epoch * int(model.fit_config.get("epochs", 1)), 1)
-        warmup = max(10, min(1000, total // 20))
-        return (
-            f"Lower the learning rate (now {lr:.3g}), e.g. to {lr / 10:.3g}, and warm it up and decay it: "
-            f"lr_schedule=LRSchedule('cosine', warmup_steps={warmup})."
+    def _remedies(self, model: Model) -> _Remedies:
+        """The remedies that quote this run: its healthy gradient norms, learning rate, length and precision."""
+        return _run_remedies(
+            healthy_norms=self._healthy_norms,
+            clip_percentile=self.clip_percentile,
+            lr=float(model.optimizer.param_groups[0]["lr"]),
+            total_steps=max(model.steps_per_epoch * int(model.fit_config.get("epochs", 1)), 1),
+            precision=model.precision.name,
+            root=self._root,
         )
-
-    def _precision_remedy(self, model: Model) -> list[str]:
-        if model.precision.name != "fp16":
-            return []
-        return ["fp16 overflows above 65504: train in precision='bf16' (fp32's range) if the device supports it."]
-
-    def _vanishing_remedies(self) -> list[str]:
-        modules = list(self._root.named_modules())
-        saturating = [(name, module) for name, module in modules if isinstance(module, _SATURATING)]
-        remedies = []
-        if saturating:
-            kinds = sorted({type(module).__name__ for _, module in saturating})
-            where = ", ".join(repr(name) for name, _ in saturating[:4]) + (" ..." if len(saturating) > 4 else "")
-            remedies.append(
-                f"Use ReLU or GELU instead of {'/'.join(kinds)} (at {where}): a saturating activation's "
-                "slope is at most 1 (0.25 for Sigmoid) and shrinks the gradient at every layer."
-            )
-        if any(isinstance(module, nn.RNN) for _, module in modules):
-            remedies.append("Use LSTM or GRU instead of nn.RNN: their gates carry the gradient across time steps.")
-        if not any(isinstance(module, _NORMS) for _, module in modules):
-            remedies.append(
-                "Add normalisation between layers: BatchNorm (MLPs, CNNs) or LayerNorm (transformers, "
-                "RNNs) keeps every layer's activations and gradients at a similar scale."
-            )
-        remedies.append(
-            "Initialise for the activation: kiln.init(module, 'kaiming') for ReLU/GELU networks, "
-            "kiln.init(module, 'xavier', nonlinearity='tanh') for tanh/sigmoid ones."
-        )
-        remedies.append("Add residual connections (x + layer(x)) so the gradient reaches early layers directly.")
-        return remedies
 
     # ------------------------------------------------------------------ reporting and state
     def _report(self, model: Model, key: str, finding: Finding) -> None:
