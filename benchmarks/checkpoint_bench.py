@@ -2,7 +2,8 @@
 
 kiln's checkpoint adds the JSON structure (optimizer, RNG, loop state), atomic write (temp file, fsync, rename,
 directory fsync) and verification on load. The floor is `safetensors.torch.save_file` / `load_file` of exactly the
-same tensors, to a new file, without fsync; both loads are followed by reading every byte (a restore copies them).
+same tensors, to a new file (the previous one removed after, as keep-last-1 does), without fsync; both loads are
+followed by reading every byte (a restore copies them).
 Interleaved repetitions, medians, one thread.
 
     python benchmarks/checkpoint_bench.py --reps 7
@@ -50,18 +51,21 @@ def touch(value: object) -> None:
 
 
 def timed_save(name: str, tensors: dict[str, torch.Tensor], state: dict, root: Path, rep: int) -> float:
+    """One save; every variant writes a new file and then removes its previous one, as keep-last-1 does."""
     if name == "kiln save":
         start = time.perf_counter()
         save_checkpoint(root / "ckpt", state, step=rep, keep=1)
         return time.perf_counter() - start
-    path = root / ("bare.safetensors" if name == "bare save" else "durable.safetensors")
-    path.unlink(missing_ok=True)  # every variant writes a new file, as a checkpoint does
+    stem = "bare" if name == "bare save" else "durable"
+    path = root / f"{stem}-{rep}.safetensors"
     start = time.perf_counter()
     save_file(tensors, str(path))
     if name == "bare save+fsync":
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
-    return time.perf_counter() - start
+    (root / f"{stem}-{rep - 1}.safetensors").unlink(missing_ok=True)
+    elapsed = time.perf_counter() - start
+    return elapsed
 
 
 def main() -> None:
@@ -87,7 +91,7 @@ def main() -> None:
                 saves[name] = timed_save(name, tensors, state, root, rep)
             os.sync()
             start = time.perf_counter()
-            touch(load_file(str(root / "bare.safetensors")))
+            touch(load_file(str(root / f"bare-{rep}.safetensors")))
             bare_load = time.perf_counter() - start
             start = time.perf_counter()
             touch(load_checkpoint(latest_checkpoint(root / "ckpt")))
