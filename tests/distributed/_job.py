@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--step-log", type=Path)
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--fail-rank", type=int)
+    parser.add_argument("--checkpoint-every", default="1")
     args = parser.parse_args()
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(1)
@@ -70,7 +71,8 @@ def main() -> None:
         callbacks.append(StepLog(args.step_log))
     if args.fail_rank is not None:
         callbacks.append(FailOnRank(args.fail_rank))
-    extra = {} if args.checkpoint is None else {"checkpoint": args.checkpoint, "checkpoint_every": 1,
+    every = args.checkpoint_every if args.checkpoint_every == "epoch" else int(args.checkpoint_every)
+    extra = {} if args.checkpoint is None else {"checkpoint": args.checkpoint, "checkpoint_every": every,
                                                 "resume": "latest"}
     history = model.fit(ArrayDataset(x, y), epochs=args.epochs, batch_size=args.batch_size, seed=5,
                         validation=ArrayDataset(x[:100], y[:100]), strategy=args.strategy,

@@ -130,3 +130,15 @@ def test_ddp_strategy_without_torchrun_is_a_clear_error():
     completed = _run([sys.executable, str(JOB), "--batch-size", "16", "--strategy", "ddp"])
     assert completed.returncode != 0
     assert "needs several ranks" in completed.stderr and "torchrun --nproc-per-node" in completed.stderr
+
+
+def test_epoch_checkpoint_from_two_fsdp_ranks_resumes_on_one_process(tmp_path):
+    checkpoint = str(tmp_path / "ckpt")
+    first = _result(_run(_torchrun(["--batch-size", "16", "--epochs", "1", "--strategy", "fsdp", "--optimizer",
+                                    "adam", "--checkpoint", checkpoint, "--checkpoint-every", "epoch"])))
+    assert first["world"] == 2 and len(first["history"]["loss"]) == 1
+    second = _result(_run([sys.executable, str(JOB), "--batch-size", "16", "--epochs", "2", "--optimizer", "adam",
+                           "--checkpoint", checkpoint, "--checkpoint-every", "epoch"]))
+    assert second["world"] == 1
+    assert second["history"]["loss"][0] == first["history"]["loss"][0]  # epoch 0 came from the checkpoint
+    assert len(second["history"]["loss"]) == 2

@@ -207,6 +207,7 @@ class FitLoop:
             "batch_size": self.options.batch_size,
             "accumulate": self.options.accumulate,
             "steps_per_epoch": len(self.loader),
+            "world_size": world_size(),
             "parameters": {name: list(p.shape) for name, p in self.model.module.named_parameters()},
         }
 
@@ -249,7 +250,7 @@ class FitLoop:
         else:
             path = Path(resume)
         state = load_checkpoint(path)
-        self._check_compatible(state["compatibility"], path)
+        self._check_compatible(state["compatibility"], path, at_epoch_start=int(state["loop"]["batch"]) == 0)
         model = self.model
         load_full_state(model.module, model.optimizer, state["module"], state["optimizer"])
         model.precision.load_state_dict(state["precision"])
@@ -271,9 +272,21 @@ class FitLoop:
                     model.global_step)
         return True
 
-    def _check_compatible(self, saved: dict[str, Any], path: Path) -> None:
+    def _check_compatible(self, saved: dict[str, Any], path: Path, *, at_epoch_start: bool) -> None:
         current = self._compatibility()
-        for key in ("batch_size", "accumulate", "steps_per_epoch"):
+        keys = ["batch_size", "accumulate", "steps_per_epoch"]
+        saved_world = saved.get("world_size", 1)
+        if saved_world != current["world_size"]:
+            # Model and optimizer state are full (unsharded) in every kiln checkpoint, so any rank count can load
+            # them; only the position inside an epoch depends on how the epoch was split across ranks.
+            if not at_epoch_start:
+                raise CheckpointError(
+                    f"checkpoint {path.name} was written mid-epoch by {saved_world} rank(s); this job has "
+                    f"{current['world_size']}. Resume on {saved_world} rank(s), or from a checkpoint written at an "
+                    "epoch's end (checkpoint_every='epoch'), which resumes on any number of ranks."
+                )
+            keys.remove("steps_per_epoch")
+        for key in keys:
             if saved[key] != current[key]:
                 raise CheckpointError(f"checkpoint {path.name} was written with {key}={saved[key]}, this fit uses "
                                       f"{key}={current[key]}; resume with the same {key}, or start a new run.")
