@@ -7,20 +7,19 @@ one warm-up epoch of 22 steps that is not timed, then ``--timed-epochs`` epochs 
     torch:loader        hand-written loop over a DataLoader (TensorDataset, shuffled): the baseline of every ratio
     kiln:loader         kiln.Model.fit over the same DataLoader (same data path: measures kiln's loop alone)
     kiln:array          kiln.Model.fit over an ArrayDataset (kiln's default in-memory, batch-level data path)
-    kiln:array-tty      kiln:array with stdout on a pseudo-terminal, so kiln's live progress bar is drawn
     lightning:default   L.Trainer() defaults (progress bar, logger, checkpointing, summary), self.log per step
     lightning:lean      the same with progress bar, logger, checkpointing and summary off
     keras:default       Keras 3 model.fit on the torch backend, verbose="auto"
     keras:lean          the same with verbose=0
     pair:loader         kiln:loader and the hand-written loop in ONE process, taking turns epoch by epoch
     pair:array          the same for kiln:array
-    pair:array-tty      the same for kiln:array with stdout on a pseudo-terminal, so kiln's live progress bar is drawn
 
 The pair:* configs (train_overhead_paired.py) are the precise measurement of kiln's cost on a shared machine: both
 sides of each ratio ran within the same second, where separate processes can meet very different loads.
 
-Not run unless named in --configs: kiln:array-tty (live bar, separate process), kiln:loader-quiet and
-kiln:array-quiet (verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, and two
+Not run unless named in --configs: kiln:array-tty (stdout on a pseudo-terminal, so kiln's live progress bar is
+drawn), kiln:loader-nodoctor and kiln:array-nodoctor (fit(doctor=False)), kiln:loader-quiet and kiln:array-quiet
+(verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, and two
 previews of changes proposed for src/, tried from outside it: kiln:array-fused / pair:array-fused (Adam built with
 fused=True) and kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place
 of kiln's).
@@ -45,7 +44,7 @@ Run (from the repository root)::
     python benchmarks/train_overhead.py --reps 5 --peer-reps 3          # the recorded run, ~20 min on 2 busy cores
     python benchmarks/train_overhead.py --reps 1 --models mlp --configs torch:loader kiln:loader kiln:array
     python benchmarks/train_overhead.py --reps 3 --models mlp cnn --import-reps 0 \\
-        --configs pair:array pair:array-fused pair:array-tty pair:array-tty-bar              # the previews
+        --configs pair:array pair:array-fused pair:array-tty pair:array-tty-bar pair:loader-nodoctor  # previews
     python benchmarks/train_overhead.py --summarize benchmarks/results/train_overhead/<run>   # re-print a table
 
 The peers' harness is found by ``--peers``, else $KILN_PEERS_DIR, else ``../shared/peers/train`` next to the
@@ -59,6 +58,7 @@ import argparse
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -77,7 +77,14 @@ from typing import Any
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from train_overhead_run import MODELS, PAIR_CONFIGS, PEER_SCRIPTS, default_peers_dir, uses_tty  # noqa: E402
+from train_overhead_run import (  # noqa: E402
+    ABBA_CONFIGS,
+    MODELS,
+    PAIR_CONFIGS,
+    PEER_SCRIPTS,
+    default_peers_dir,
+    uses_tty,
+)
 
 RUN_SCRIPT = os.path.join(HERE, "train_overhead_run.py")
 PEER_FRAMEWORKS = tuple(PEER_SCRIPTS)
@@ -92,22 +99,24 @@ CONFIGS = (
     "keras:lean",
     "pair:loader",
     "pair:array",
-    "pair:array-tty",
 )
 PREVIEW_CONFIGS = ("kiln:array-fused", "kiln:array-tty-bar", "pair:array-fused", "pair:array-tty-bar")
 EXTRA_CONFIGS = (
     "kiln:array-tty",
+    "kiln:loader-nodoctor",
+    "kiln:array-nodoctor",
     "kiln:loader-quiet",
     "kiln:array-quiet",
     "lightning:bare",
     *PREVIEW_CONFIGS,
     *(c for c in PAIR_CONFIGS if c not in CONFIGS and c not in PREVIEW_CONFIGS),
+    *ABBA_CONFIGS,
 )
 # The transformer takes ~0.1 s a step on one thread, where loop overheads of tens of microseconds vanish: 2 timed
 # epochs (44 steps) measure it well and keep a 5-rep run near 20 minutes. The small models keep the harness' 14.
 TIMED_EPOCHS = {"mlp": 14, "cnn": 14, "tfm": 2}
 # Paired runs (pair:*) time kiln and the loop epoch by epoch; more, shorter epochs give more pairs.
-PAIRED_EPOCHS = {"mlp": 40, "cnn": 12, "tfm": 3}
+PAIRED_EPOCHS = {"mlp": 40, "cnn": 12, "tfm": 2}
 DEFAULT_PYTHON = os.path.join(HERE, ".venv-peers", "bin", "python")
 
 IMPORT_SNIPPETS = {
@@ -258,7 +267,9 @@ def per_rep_ratios(rows: list[dict[str, Any]], model: str, config: str, key: str
 
 def speed_table(rows: list[dict[str, Any]]) -> str:
     configs = [
-        c for c in (*CONFIGS, *EXTRA_CONFIGS) if not c.startswith("pair:") and any(r["config"] == c for r in rows)
+        c
+        for c in (*CONFIGS, *EXTRA_CONFIGS)
+        if not c.startswith(("pair:", "abba:")) and any(r["config"] == c for r in rows)
     ]
     lines = [
         "| model | config | n | steps/s, CPU | ratio vs loop, CPU | overhead µs/step, CPU | steps/s, wall | "
@@ -294,10 +305,11 @@ def speed_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def paired_table(rows: list[dict[str, Any]]) -> str:
-    configs = [c for c in (*CONFIGS, *EXTRA_CONFIGS) if c.startswith("pair:") and any(r["config"] == c for r in rows)]
+def paired_table(rows: list[dict[str, Any]], prefix: str = "pair:") -> str:
+    unit = "epoch pairs" if prefix == "pair:" else "ABBA blocks"
+    configs = [c for c in (*CONFIGS, *EXTRA_CONFIGS) if c.startswith(prefix) and any(r["config"] == c for r in rows)]
     lines = [
-        "| model | kiln config | runs | epoch pairs | kiln steps/s, CPU | loop steps/s, CPU | kiln ÷ loop, CPU | "
+        f"| model | kiln config | runs | {unit} | kiln steps/s, CPU | loop steps/s, CPU | kiln ÷ loop, CPU | "
         "middle half of the pairs, CPU | kiln ÷ loop, wall | test acc kiln / loop |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -307,7 +319,7 @@ def paired_table(rows: list[dict[str, Any]]) -> str:
             if not runs:
                 continue
             ok = [r for r in runs if "cpu_ratios" in r]
-            label = config.replace("pair:", "kiln:")
+            label = config.replace(prefix, "kiln:")
             if not ok:
                 lines.append(f"| {model} | {label} | 0 | FAILED: {runs[0].get('error')} | | | | | | |")
                 continue
@@ -414,6 +426,18 @@ def versions(python: str) -> str:
     return out.stdout.strip() or out.stderr.strip()
 
 
+def source_fingerprint() -> str:
+    """A short hash of kiln's source files: shows whether src/ changed while the benchmark ran."""
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(os.path.join(REPO, "src", "kiln"))):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(root, name), "rb") as f:
+                    digest.update(name.encode() + f.read())
+    return digest.hexdigest()[:12]
+
+
 def git_revision() -> str:
     def git(*argv: str) -> str:
         return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -431,7 +455,13 @@ def summary(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[str,
         f"Date: {meta['date']}  ",
         f"Machine: {meta['machine']}; load average {meta['load_start']} at start, {meta['load_end']} at end "
         "(shared with other engineers' test runs)  ",
-        f"Software: {meta['versions']}; kiln at {meta['revision']}  ",
+        f"Software: {meta['versions']}; kiln at {meta['revision']}, source fingerprint {meta.get('source_start')}"
+        + (
+            ""
+            if meta.get("source_start") == meta.get("source_end")
+            else f" at start and {meta.get('source_end')} at end: **src/ changed during the run**"
+        )
+        + "  ",
         f"Reps: {meta['reps']} interleaved (config order rotated each rep){peers_note}; "
         f"{meta['threads']} torch thread; "
         f"timed steps per run after a 22-step warm-up epoch: {steps}",
@@ -445,7 +475,7 @@ def summary(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[str,
         "",
         speed_table(rows),
     ]
-    if any("cpu_ratios" in r for r in rows):
+    if any("cpu_ratios" in r and r["config"].startswith("pair:") for r in rows):
         pairs = ", ".join(f"{m} {meta['paired_epochs'][m]}" for m in MODELS)
         out += [
             "",
@@ -457,6 +487,16 @@ def summary(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[str,
             f"epochs. Timed epoch pairs per run after one warm-up epoch each: {pairs}.",
             "",
             paired_table(rows),
+        ]
+    if any("cpu_ratios" in r and r["config"].startswith("abba:") for r in rows):
+        out += [
+            "",
+            "Alternating whole fits (abba:*, train_overhead_paired.py): in one process, whole fits of kiln and of the "
+            "loop, each on a fresh copy of the network, in the order kiln, loop, loop, kiln; kiln ÷ loop per block = "
+            "(loop time of its two fits) ÷ (kiln time of its two fits), median over the blocks of the reps. Each fit "
+            "includes its setup and warm-up epoch.",
+            "",
+            paired_table(rows, "abba:"),
         ]
     import_over = None
     if imports:
@@ -502,7 +542,7 @@ def parse_args() -> argparse.Namespace:
         "--timed-epochs",
         type=int,
         default=None,
-        help="timed epochs for every model and config (default: mlp 14, cnn 14, tfm 2; paired: mlp 40, cnn 12, tfm 3)",
+        help="timed epochs for every model and config (default: mlp 14, cnn 14, tfm 2; paired: mlp 40, cnn 12, tfm 2)",
     )
     parser.add_argument(
         "--python",
@@ -566,6 +606,7 @@ def main() -> None:
         "timed_epochs": args.timed_epochs,
         "paired_epochs": args.paired_epochs,
         "load_start": load_average(),
+        "source_start": source_fingerprint(),
     }
     print(f"{meta['versions']}; kiln at {meta['revision']}; results in {os.path.relpath(run_dir, REPO)}", flush=True)
     if BASELINE not in args.configs:
@@ -586,7 +627,7 @@ def main() -> None:
                 if "cpu_ratios" in result:
                     message = (
                         f"kiln ÷ loop {median(result['cpu_ratios']):.3f} CPU {median(result['wall_ratios']):.3f} wall "
-                        f"over {result['pairs']} epoch pairs"
+                        f"over {result['pairs']} {'epoch pairs' if config.startswith('pair:') else 'ABBA blocks'}"
                     )
                 elif RATE in result:
                     message = (
@@ -598,7 +639,7 @@ def main() -> None:
     if imports:
         with open(os.path.join(run_dir, "imports.json"), "w") as f:
             json.dump(imports, f)
-    meta["load_end"] = load_average()
+    meta["load_end"], meta["source_end"] = load_average(), source_fingerprint()
     with open(os.path.join(run_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     text = summary(meta, rows, imports)

@@ -36,8 +36,10 @@ def run_paired(config: str, model: str, common: ModuleType, *, threads: int) -> 
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     x_train, y_train, x_test, y_test = M.tensors(model)
-    net = M.build(model)
-    twin = copy.deepcopy(net)  # the same initial weights
+    built = M.build(model)
+    # Both sides get a copy, so neither keeps the original's memory layout (which alone can move speed by percents).
+    net, twin = copy.deepcopy(built), copy.deepcopy(built)
+    del built
     twin_optimizer = torch.optim.Adam(twin.parameters(), lr=common.LR)
     twin_loader = M.loader(x_train, y_train)
 
@@ -81,6 +83,73 @@ def run_paired(config: str, model: str, common: ModuleType, *, threads: int) -> 
         "loop_cpu_steps_per_s": statistics.median(steps / cpu for _, cpu in turns.loop),
         "test_acc": M.accuracy(net, x_test, y_test),
         "twin_test_acc": M.accuracy(twin, x_test, y_test),
+        "threads": torch.get_num_threads(),
+        "stdout_tty": sys.stdout.isatty(),
+    }
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_alternating(config: str, model: str, common: ModuleType, *, threads: int, blocks: int = 4) -> None:
+    """Whole fits of kiln and of the loop in one process, each on a fresh copy, in the order kiln, loop, loop, kiln.
+
+    A cross-check of the epoch pairs: each side pays its whole fit (setup, warm-up epoch, everything between epochs)
+    and every fit allocates its model anew, so no side keeps a memory layout that happens to be faster; the ABBA order
+    cancels a steady drift. One ratio per block: (loop time of its two fits) ÷ (kiln time of its two fits).
+    """
+    import torch
+    import torch.nn.functional as F
+    import torch_models as M
+    from train_overhead_run import fit_kiln
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = M.tensors(model)
+    built = M.build(model)
+    trained: dict[str, Any] = {}
+
+    def kiln_fit() -> tuple[float, float]:
+        net = copy.deepcopy(built)
+        start = (time.perf_counter(), time.process_time())
+        fit_kiln(config, net, x_train, y_train, common, [])
+        trained["kiln"] = net
+        return time.perf_counter() - start[0], time.process_time() - start[1]
+
+    def loop_fit() -> tuple[float, float]:
+        net = copy.deepcopy(built)
+        start = (time.perf_counter(), time.process_time())
+        optimizer = torch.optim.Adam(net.parameters(), lr=common.LR)
+        loader = M.loader(x_train, y_train)
+        net.train()
+        for _ in range(common.EPOCHS):
+            for xb, yb in loader:
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(xb), yb)
+                loss.backward()
+                optimizer.step()
+        trained["loop"] = net
+        return time.perf_counter() - start[0], time.process_time() - start[1]
+
+    kiln_fit(), loop_fit()  # warm-up: first-call costs (imports, allocator growth) land on neither side
+    wall, cpu, kiln_cpu, loop_cpu = [], [], [], []
+    for _ in range(blocks):
+        k1, l1, l2, k2 = kiln_fit(), loop_fit(), loop_fit(), kiln_fit()
+        wall.append((l1[0] + l2[0]) / (k1[0] + k2[0]))
+        cpu.append((l1[1] + l2[1]) / (k1[1] + k2[1]))
+        kiln_cpu += [k1[1], k2[1]]
+        loop_cpu += [l1[1], l2[1]]
+    steps = common.EPOCHS * common.STEPS_PER_EPOCH
+    result = {
+        "framework": "abba",
+        "mode": config.split(":")[1],
+        "model": model,
+        "pairs": blocks,
+        "wall_ratios": wall,
+        "cpu_ratios": cpu,
+        "kiln_cpu_steps_per_s": steps / statistics.median(kiln_cpu),
+        "loop_cpu_steps_per_s": steps / statistics.median(loop_cpu),
+        "test_acc": M.accuracy(trained["kiln"], x_test, y_test),
+        "twin_test_acc": M.accuracy(trained["loop"], x_test, y_test),
         "threads": torch.get_num_threads(),
         "stdout_tty": sys.stdout.isatty(),
     }

@@ -41,6 +41,9 @@ OWN_CONFIGS: dict[str, dict[str, Any]] = {
     "kiln:array-tty": {"data": "array", "tty": True},
     "kiln:loader-quiet": {"data": "loader", "verbose": 0},
     "kiln:array-quiet": {"data": "array", "verbose": 0},
+    # kiln's gradient doctor (on by default since fit(doctor=True)) turned off, to measure what it costs
+    "kiln:loader-nodoctor": {"data": "loader", "doctor": False},
+    "kiln:array-nodoctor": {"data": "array", "doctor": False},
     # preview: Adam built with fused=True (one kernel for all parameters, supported on CPU and CUDA)
     "kiln:array-fused": {"data": "array", "fused": True},
     # preview: a live bar whose redraw cost does not grow with the epoch count (train_overhead_preview.py)
@@ -50,11 +53,13 @@ TTY_CONFIGS = tuple(name for name, options in OWN_CONFIGS.items() if options.get
 # pair:<variant> trains kiln:<variant> and the hand-written loop in one process, epoch by epoch (see
 # train_overhead_paired.py)
 PAIR_CONFIGS = tuple(f"pair:{name.split(':')[1]}" for name in OWN_CONFIGS if name.startswith("kiln:"))
+# abba:<variant>: whole fits of kiln:<variant> and of the loop alternating in one process (a cross-check of pair:)
+ABBA_CONFIGS = tuple(f"abba:{name.split(':')[1]}" for name in OWN_CONFIGS if name.startswith("kiln:"))
 
 
 def uses_tty(config: str) -> bool:
     """True when ``config`` must run with stdout on a pseudo-terminal (kiln's live progress bar)."""
-    return config.replace("pair:", "kiln:") in TTY_CONFIGS
+    return config.replace("pair:", "kiln:").replace("abba:", "kiln:") in TTY_CONFIGS
 
 
 PEER_SCRIPTS = {"lightning": "bench_lightning.py", "keras": "bench_keras.py"}
@@ -150,14 +155,10 @@ def fit_kiln(config: str, net: Any, x_train: Any, y_train: Any, common: ModuleTy
     optimizer_options = {"fused": True} if options.get("fused") else None
     trainer = kiln.Model(net, loss="cross_entropy", optimizer="adam", lr=common.LR, optimizer_options=optimizer_options)
     data = M.loader(x_train, y_train) if options["data"] == "loader" else ArrayDataset(x_train, y_train)
-    trainer.fit(
-        data,
-        epochs=common.EPOCHS,
-        batch_size=common.BATCH,
-        seed=0,
-        callbacks=callbacks,
-        verbose=options.get("verbose", "auto"),
-    )
+    fit_options: dict[str, Any] = {"verbose": options.get("verbose", "auto")}
+    if "doctor" in options:  # only where a config changes it, so kiln versions without the option still run
+        fit_options["doctor"] = options["doctor"]
+    trainer.fit(data, epochs=common.EPOCHS, batch_size=common.BATCH, seed=0, callbacks=callbacks, **fit_options)
 
 
 def run_own(config: str, model: str, common: ModuleType, *, threads: int) -> None:
@@ -220,7 +221,7 @@ def run_own(config: str, model: str, common: ModuleType, *, threads: int) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     peer_configs = [f"{fw}:{mode}" for fw, modes in PEER_MODES.items() for mode in modes]
-    parser.add_argument("--config", required=True, choices=[*OWN_CONFIGS, *PAIR_CONFIGS, *peer_configs])
+    parser.add_argument("--config", required=True, choices=[*OWN_CONFIGS, *PAIR_CONFIGS, *ABBA_CONFIGS, *peer_configs])
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--peers", default=default_peers_dir(), help="the peers' harness folder (default: %(default)s)")
     parser.add_argument("--timed-epochs", type=int, default=None, help="timed epochs (default: the harness' 14)")
@@ -246,6 +247,10 @@ def main() -> None:
         from train_overhead_paired import run_paired
 
         run_paired(f"kiln:{mode}", args.model, common, threads=args.threads)
+    elif framework == "abba":
+        from train_overhead_paired import run_alternating
+
+        run_alternating(f"kiln:{mode}", args.model, common, threads=args.threads)
     elif framework in PEER_SCRIPTS:
         run_peer(framework, mode, args.model, peers)
     else:
