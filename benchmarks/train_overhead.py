@@ -14,12 +14,15 @@ one warm-up epoch of 22 steps that is not timed, then ``--timed-epochs`` epochs 
     pair:loader         kiln:loader and the hand-written loop in ONE process, taking turns epoch by epoch
     pair:array          the same for kiln:array
 
-The pair:* configs (train_overhead_paired.py) are the precise measurement of kiln's cost on a shared machine: both
-sides of each ratio ran within the same second, where separate processes can meet very different loads.
+The pair:* configs (train_overhead_paired.py) are usually the most precise measurement of kiln's cost on a shared
+machine: both sides of each ratio ran within the same second, where separate processes can meet very different
+loads. Cross-check them with abba:* (below); benchmarks/RESULTS.md records a case where the two disagree.
 
 Not run unless named in --configs: kiln:array-tty (stdout on a pseudo-terminal, so kiln's live progress bar is
 drawn), kiln:loader-nodoctor and kiln:array-nodoctor (fit(doctor=False)), kiln:loader-quiet and kiln:array-quiet
-(verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, and two
+(verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, abba: versions of any kiln
+config (whole fits of kiln and the loop alternating kiln, loop, loop, kiln in one process, each on a fresh copy of
+the network: a cross-check of the epoch pairs that includes each fit's setup and warm-up), and two
 previews of changes proposed for src/, tried from outside it: kiln:array-fused / pair:array-fused (Adam built with
 fused=True) and kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place
 of kiln's).
@@ -527,7 +530,8 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=list(CONFIGS),
         choices=[*CONFIGS, *EXTRA_CONFIGS],
-        help=f"default: all but {', '.join(EXTRA_CONFIGS)}",
+        metavar="CONFIG",
+        help=f"default: {' '.join(CONFIGS)}; also: {' '.join(EXTRA_CONFIGS)} (see above)",
     )
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument(
