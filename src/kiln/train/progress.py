@@ -66,7 +66,12 @@ class ProgressBar(Callback):
         self._next = self._epoch_start + self.interval
         if self._progress is not None:
             label = f"{epoch + 1}/{model.fit_config.get('epochs', '?')}"
-            self._task = self._progress.add_task("train", total=model.steps_per_epoch, epoch=label, info="")
+            # One task for the whole fit, reset each epoch: every redraw renders each task, so a task per epoch
+            # would make redraws (and the training loop waiting on them) slower epoch after epoch.
+            if self._task is None:
+                self._task = self._progress.add_task("train", total=model.steps_per_epoch, epoch=label, info="")
+            else:
+                self._progress.reset(self._task, total=model.steps_per_epoch, epoch=label, info="")
 
     def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
         self._steps += 1
@@ -86,13 +91,14 @@ class ProgressBar(Callback):
         seconds = time.perf_counter() - self._epoch_start
         rate = self._steps * self._samples_per_step / max(seconds, 1e-9)
         summary = f"{format_logs(logs)}  {seconds:.1f}s  {rate:,.0f} samples/s"
+        line = f"epoch {epoch + 1}/{model.fit_config.get('epochs', '?')}  {summary}"
         if self._progress is not None:
-            self._progress.update(self._task, completed=self._steps, info=summary)
-            self._progress.refresh()
+            self._progress.update(self._task, completed=self._steps, info="")
+            self._progress.console.print(line, highlight=False)  # finished epochs scroll above the live bar
         else:
-            print(f"epoch {epoch + 1}/{model.fit_config.get('epochs', '?')}  {summary}", flush=True)
+            print(line, flush=True)
 
     def on_fit_end(self, model: Model) -> None:
         if self._progress is not None:
             self._progress.stop()
-            self._progress = None
+            self._progress, self._task = None, None
