@@ -44,6 +44,12 @@ Run (from the repository root)::
     python benchmarks/distributed_scaling.py                     # the recorded run: 3 reps, ~10 min on 2 idle cores
     python benchmarks/distributed_scaling.py --reps 1 --cases cnn:256 --frameworks kiln lightning
     python benchmarks/distributed_scaling.py --summarize benchmarks/results/distributed_scaling/<run>
+    python benchmarks/distributed_scaling.py --frameworks kiln kiln-shm --no-probe         # the previews
+    python benchmarks/distributed_scaling.py --frameworks torch torch-bucket --no-probe --cases cnn:256 mlp:4096
+
+Previews (run only when named) try changes proposed for src/kiln from outside it: ``kiln-shm`` / ``torch-shm`` replace
+DDP's gloo all_reduce by a shared-memory comm hook (distributed_scaling_shm.py); ``torch-bucket`` uses 50 KiB DDP
+buckets so communication can overlap the backward. The summary adds each preview's ratio to its base, run for run.
 
 Raw results (results.jsonl), per-run logs and the markdown summary (the text recorded in benchmarks/RESULTS.md) go
 to ``--out``/<timestamp>/.
@@ -83,6 +89,15 @@ CASES: dict[str, tuple[str, int, int, int]] = {
     "cnn:256": ("cnn", 256, 8, 4),
 }
 FRAMEWORKS = ("kiln", "lightning", "torch")
+# Previews, run only when named in --frameworks: changes proposed for src/kiln, tried from outside it.
+# torch-bucket: DDP with 50 KiB buckets (these models' gradients otherwise fill one bucket, all-reduced after the whole
+# backward), so the all_reduce of the last layers' gradients overlaps the backward of the first layers.
+# torch-shm / kiln-shm: DDP's gradient all_reduce through shared memory (distributed_scaling_shm.py) instead of gloo.
+PREVIEWS = {
+    "torch-bucket": ("torch", ["--bucket-cap-mb", "0.05"]),
+    "torch-shm": ("torch", ["--all-reduce", "shm"]),
+    "kiln-shm": ("kiln", ["--all-reduce", "shm"]),
+}
 RANKS = (1, 2)
 TARGET_SCALING = 1.7
 COMPUTE_BOUND_COMM_SHARE = 0.10  # all_reduce time / step compute time at or below which a case is compute-bound
@@ -198,10 +213,11 @@ class QuietGate:
 # ---------------------------------------------------------------------------------------------------- running
 def command_for(args: argparse.Namespace, case: str, framework: str, ranks: int) -> list[str]:
     model, batch, repeat, epochs = CASES[case]
+    runner, extra = PREVIEWS.get(framework, (framework, []))
     script = [
         RUN_SCRIPT,
         "--framework",
-        framework,
+        runner,
         "--model",
         model,
         "--batch-size",
@@ -218,17 +234,19 @@ def command_for(args: argparse.Namespace, case: str, framework: str, ranks: int)
         args.peers,
         "--work",
         args.work,
+        *extra,
     ]
     if ranks > 1 and framework != "lightning":  # Lightning starts its own ranks (subprocess launcher)
         return [args.python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks), *script]
     return [args.python, *script]
 
 
-def run_one(args: argparse.Namespace, case: str, framework: str, ranks: int, rep: int) -> dict[str, Any]:
+def run_one(args: argparse.Namespace, case: str, framework: str, ranks: int, rep: int, attempt: int) -> dict[str, Any]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", KILN_PEERS_DIR=args.peers)
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[key] = "1"
-    log_path = os.path.join(args.run_dir, "logs", f"{case.replace(':', '_')}_{framework}_{ranks}r_rep{rep}.log")
+    name = f"{case.replace(':', '_')}_{framework}_{ranks}r_rep{rep}" + (f"_attempt{attempt}" if attempt else "")
+    log_path = os.path.join(args.run_dir, "logs", name + ".log")
     load_before = load_average()
     busy, own, start = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
     with open(log_path, "w") as log:
@@ -262,7 +280,7 @@ def run_one(args: argparse.Namespace, case: str, framework: str, ranks: int, rep
     with open(log_path) as log:
         lines = [line for line in log if line.startswith("RESULT ")]
     if rc == 0 and lines:
-        record.update(json.loads(lines[-1][len("RESULT ") :]))
+        record.update(json.loads(lines[-1][len("RESULT ") :]), framework=framework)  # a preview's name, not its runner
     else:
         record["error"] = f"rc={rc}, see {os.path.relpath(log_path, REPO)}"
     return record
@@ -330,7 +348,7 @@ def run_all(args: argparse.Namespace) -> str:
             for case, framework, ranks in plan(args, rep):
                 for attempt in range(args.retries + 1):
                     others = gate.wait()
-                    record = run_one(args, case, framework, ranks, rep)
+                    record = run_one(args, case, framework, ranks, rep, attempt)
                     record.update(attempt=attempt, others_cores_before=others)
                     record["kept"] = gate.keep(record, attempt)
                     out.write(json.dumps(record) + "\n")
@@ -401,7 +419,7 @@ def summarize(run_dir: str) -> str:
     with open(os.path.join(run_dir, "meta.json")) as handle:
         meta = json.load(handle)
     cases = [c for c in CASES if any(r["case"] == c for r in records)]
-    frameworks = [f for f in FRAMEWORKS if any(r["framework"] == f for r in records)]
+    frameworks = [f for f in (*FRAMEWORKS, *PREVIEWS) if any(r["framework"] == f for r in records)]
     reps = len({r["rep"] for r in records})
     lines = [
         f"Command: `{meta['command']}` ({reps} reps, medians; torch/lightning {meta['versions']}, "
@@ -436,12 +454,8 @@ def summarize(run_dir: str) -> str:
                 f"{fmt(None if busy is None else 100 * busy, '.0f', '%')} | "
                 f"{fmt(None if others is None else 100 * others, '.0f', '%')} |"
             )
-    lines += [
-        "",
-        "| case | kiln / Lightning, 2 ranks | kiln / Lightning, 1 rank | kiln / torch DDP loop, 2 ranks |",
-        "| --- | ---: | ---: | ---: |",
-    ]
     versus: dict[str, float | None] = {}
+    rows = []
     for case in cases:
         mine = [r for r in records if r["case"] == case]
         cells = [
@@ -449,7 +463,25 @@ def summarize(run_dir: str) -> str:
             for peer, n in (("lightning", 2), ("lightning", 1), ("torch", 2))
         ]
         versus[case] = cells[0]
-        lines.append(f"| {case} | " + " | ".join(fmt(c, ".2f", "×") for c in cells) + " |")
+        rows.append((case, cells))
+    if any(c is not None for _, cells in rows for c in cells):
+        lines += [
+            "",
+            "| case | kiln / Lightning, 2 ranks | kiln / Lightning, 1 rank | kiln / torch DDP loop, 2 ranks |",
+            "| --- | ---: | ---: | ---: |",
+            *(f"| {case} | " + " | ".join(fmt(c, ".2f", "×") for c in cells) + " |" for case, cells in rows),
+        ]
+    for preview, (base, _) in PREVIEWS.items():
+        if preview in frameworks:
+            lines += [
+                "",
+                f"| case | {preview} / {base}, 2 ranks | {preview} / {base}, 1 rank |",
+                "| --- | ---: | ---: |",
+            ]
+            for case in cases:
+                mine = [r for r in records if r["case"] == case]
+                cells = [median_or_none(paired_ratio(mine, (preview, n), (base, n))) for n in (2, 1)]
+                lines.append(f"| {case} | " + " | ".join(fmt(c, ".2f", "×") for c in cells) + " |")
     probes = [r for r in records if r["framework"] == "probe" and "step_ms" in r]
     compute_bound: dict[str, bool] = {}
     if probes:
@@ -502,7 +534,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    parser.add_argument("--frameworks", nargs="+", choices=[*FRAMEWORKS, *PREVIEWS], default=list(FRAMEWORKS))
     parser.add_argument("--no-probe", dest="probe", action="store_false", help="skip the compute/all_reduce probe")
     parser.add_argument("--max-load", type=float, default=1.5, help="wait for the 1-minute load to fall below this")
     parser.add_argument("--max-busy", type=float, default=0.2, help="others' busy cores allowed before a run")

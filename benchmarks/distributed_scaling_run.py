@@ -106,6 +106,19 @@ def run_kiln(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> dict
     from kiln.data import ArrayDataset
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.all_reduce == "shm":  # preview: kiln's DDP wrapper with the shared-memory comm hook added
+        from distributed_scaling_shm import use_shared_memory_all_reduce
+
+        import kiln.train.model
+
+        wrap = kiln.train.model.wrap
+
+        def wrap_with_hook(module: nn.Module, strategy: str, device: torch.device) -> Any:
+            wrapped = wrap(module, strategy, device)
+            use_shared_memory_all_reduce(wrapped)
+            return wrapped
+
+        kiln.train.model.wrap = wrap_with_hook
     timer = EpochTimer(len(x) // (args.batch_size * world))
 
     class Timing(kiln.Callback):
@@ -195,6 +208,10 @@ def run_torch(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> dic
     net = build(args.model)
     options = {} if args.bucket_cap_mb is None else {"bucket_cap_mb": args.bucket_cap_mb}
     module: nn.Module = nn.parallel.DistributedDataParallel(net, **options) if world > 1 else net
+    if world > 1 and args.all_reduce == "shm":
+        from distributed_scaling_shm import use_shared_memory_all_reduce
+
+        use_shared_memory_all_reduce(module)  # type: ignore[arg-type]
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     batch = args.batch_size
     steps = len(x) // (batch * world)
@@ -277,6 +294,12 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="directory holding the peers' bench_data.npz")
     parser.add_argument("--peers", default=default_peers_dir())
     parser.add_argument("--work", default=".", help="Lightning's default_root_dir")
+    parser.add_argument(
+        "--all-reduce",
+        choices=["gloo", "shm"],
+        default="gloo",
+        help="kiln/torch on 2 ranks: shm is the preview of a shared-memory DDP comm hook (distributed_scaling_shm.py)",
+    )
     parser.add_argument(
         "--bucket-cap-mb", type=float, help="torch only: DDP bucket size (default: DDP's 25 MiB, first bucket 1 MiB)"
     )
