@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 from datetime import timedelta
 
 import torch
@@ -32,6 +33,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=5)
+_EXIT_BARRIER_TIMEOUT = timedelta(seconds=60)
+_EXIT_BARRIERS: list[dist.Work] = []  # see teardown: released by the main thread when the process ends
 
 
 def is_distributed() -> bool:
@@ -95,9 +98,29 @@ def init(*, backend: str | None = None, timeout: timedelta = DEFAULT_TIMEOUT) ->
 
 
 def teardown() -> None:
-    """Destroy the process group if one exists (safe to call twice)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    """Destroy the process group if one exists (safe to call twice), after a bounded barrier on gloo.
+
+    Why, at interpreter exit: a gloo worker thread that finishes a collective drops the work's tensors on its own
+    thread, and that needs the GIL. If the interpreter is finalizing by then, the thread aborts the whole process
+    ("terminate called without an active exception"; seen under FSDP2 on a loaded machine, whose DTensor caches
+    keep the process group, and so its worker threads, alive past ``destroy_process_group``). A gloo barrier holds
+    every earlier unfinished work until the barrier itself is destroyed, and a worker finishes with a work under the
+    lock the barrier takes to collect them, so every work is either done with or held by the barrier. Holding the
+    barrier here until the process ends makes the main thread the one that frees them all. The wait is bounded (a
+    rank still busy, or gone, must not hold the others), and a rank leaving on an uncaught exception
+    (``sys.last_value`` is set) skips it so it exits at once and torchrun ends the job.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_world_size() > 1 and dist.get_backend() == "gloo" and not hasattr(sys, "last_value"):
+        try:
+            work = dist.barrier(async_op=True)
+            assert work is not None
+            _EXIT_BARRIERS.append(work)
+            work.wait(timeout=_EXIT_BARRIER_TIMEOUT)
+        except Exception as error:
+            logger.debug("barrier before teardown did not complete: %s", error)
+    dist.destroy_process_group()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
