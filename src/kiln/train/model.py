@@ -19,7 +19,7 @@ from .callbacks import Callback, History
 from .loop import FitLoop, FitOptions, call, split_batch
 from .losses import Loss, resolve_loss
 from .metrics import MetricSet
-from .optim import resolve_optimizer
+from .optim import resolve_optimizer, sparse_gradients
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import make_schedule
@@ -106,7 +106,7 @@ class Model:
             self._use_fused_kernels(loss, force=kernels == "on")
         self._optimizer_spec = (optimizer, lr, optimizer_options or {})
         self.optimizer = resolve_optimizer(optimizer, self.module.parameters(), lr=lr,
-                                           options=optimizer_options or {})
+                                           options=optimizer_options or {}, allow_fused=not sparse_gradients(module))
         self.metrics = MetricSet(metrics)
         self.history: History | None = None
         self.fit_config: dict[str, Any] = {}
@@ -289,7 +289,8 @@ class Model:
                 raise ConfigError("strategy='fsdp' rebuilds the optimizer on the sharded parameters: pass the "
                                   "optimizer by name or class (with lr= and optimizer_options=), not as an object.")
             fully_shard_module(self.module, param_dtype=self.precision.dtype)
-            self.optimizer = resolve_optimizer(spec, self.module.parameters(), lr=lr, options=options)
+            self.optimizer = resolve_optimizer(spec, self.module.parameters(), lr=lr, options=options,
+                                               allow_fused=not sparse_gradients(self.module))
             self.precision = Precision(self.precision.name, self.device, autocast=False)
         if strategy == "ddp":
             wrapped = wrap(self.module, strategy, self.device)
