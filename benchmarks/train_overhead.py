@@ -22,10 +22,10 @@ Not run unless named in --configs: kiln:array-tty (stdout on a pseudo-terminal, 
 drawn), kiln:loader-nodoctor and kiln:array-nodoctor (fit(doctor=False)), kiln:loader-quiet and kiln:array-quiet
 (verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, abba: versions of any kiln
 config (whole fits of kiln and the loop alternating kiln, loop, loop, kiln in one process, each on a fresh copy of
-the network: a cross-check of the epoch pairs that includes each fit's setup and warm-up), and two
-previews of changes proposed for src/, tried from outside it: kiln:array-fused / pair:array-fused (Adam built with
-fused=True) and kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place
-of kiln's).
+the network: a cross-check of the epoch pairs that includes each fit's setup and warm-up), kiln:loader-unfused and
+kiln:array-unfused (Adam without torch's fused step, as the hand-written loop builds it: kiln's loop alone; kiln's
+default builds named optimizers fused), and a preview of a change proposed for src/, tried from outside it:
+kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place of kiln's).
 
 kiln runs with its defaults (device "auto", verbose "auto": one line per epoch when stdout is not a terminal).
 Every run is a fresh subprocess (train_overhead_run.py) with one torch thread (OMP_NUM_THREADS=1 and
@@ -47,7 +47,7 @@ Run (from the repository root)::
     python benchmarks/train_overhead.py --reps 5 --peer-reps 3          # the recorded run, ~20 min on 2 busy cores
     python benchmarks/train_overhead.py --reps 1 --models mlp --configs torch:loader kiln:loader kiln:array
     python benchmarks/train_overhead.py --reps 3 --models mlp cnn --import-reps 0 \\
-        --configs pair:array pair:array-fused pair:array-tty pair:array-tty-bar pair:loader-nodoctor  # previews
+        --configs pair:array pair:array-unfused pair:array-tty pair:array-tty-bar pair:loader-nodoctor
     python benchmarks/train_overhead.py --summarize benchmarks/results/train_overhead/<run>   # re-print a table
 
 The peers' harness is found by ``--peers``, else $KILN_PEERS_DIR, else ``../shared/peers/train`` next to the
@@ -103,11 +103,13 @@ CONFIGS = (
     "pair:loader",
     "pair:array",
 )
-PREVIEW_CONFIGS = ("kiln:array-fused", "kiln:array-tty-bar", "pair:array-fused", "pair:array-tty-bar")
+PREVIEW_CONFIGS = ("kiln:array-tty-bar", "pair:array-tty-bar")
 EXTRA_CONFIGS = (
     "kiln:array-tty",
     "kiln:loader-nodoctor",
     "kiln:array-nodoctor",
+    "kiln:loader-unfused",
+    "kiln:array-unfused",
     "kiln:loader-quiet",
     "kiln:array-quiet",
     "lightning:bare",
