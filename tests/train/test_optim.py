@@ -63,3 +63,31 @@ def test_fused_adam_trains_like_the_default_step(digits):
     model.fit((x, y), epochs=1, batch_size=16, shuffle=False, verbose=0)
     for expected, got in zip(reference.parameters(), ours.parameters(), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+class _CountingSGD(torch.optim.SGD):
+    calls = 0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        _CountingSGD.calls += 1
+        super().zero_grad(set_to_none=set_to_none)
+
+
+def test_fit_clears_gradients_after_every_step_and_respects_an_overridden_zero_grad():
+    module = nn.Linear(4, 2)
+    grads_at_step: list[bool] = []
+
+    class SeeGradients(kiln.Callback):
+        def on_before_optimizer_step(self, model, step):
+            grads_at_step.append(all(p.grad is not None for p in model.module.parameters()))
+
+        def on_train_batch_end(self, model, step, loss):
+            assert all(p.grad is None for p in model.module.parameters())
+
+    data = (torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    kiln.Model(module, loss="cross_entropy", optimizer="sgd").fit(
+        data, epochs=1, batch_size=8, callbacks=[SeeGradients()], verbose=0, doctor=False)
+    assert grads_at_step == [True] * 4
+    optimizer = _CountingSGD(module.parameters(), lr=0.1)
+    kiln.Model(module, loss="cross_entropy", optimizer=optimizer).fit(data, epochs=1, batch_size=8, verbose=0)
+    assert _CountingSGD.calls == 4

@@ -62,6 +62,24 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     raise DataError(f"each batch must be an (inputs, targets) pair; got {type(batch).__name__}{length}.")
 
 
+def _zero_grad(optimizer: torch.optim.Optimizer) -> Any:
+    """``optimizer.zero_grad(set_to_none=True)``, minus its per-call bookkeeping where the optimizer keeps torch's.
+
+    torch's zero_grad builds a dict of gradients per device and opens a profiler range on every call: 6 µs on one CPU
+    thread, 1 % of a step of the benchmark MLP. Setting the gradients to None is all it does with set_to_none=True.
+    """
+    if type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad:
+        return lambda: optimizer.zero_grad(set_to_none=True)
+    groups = optimizer.param_groups  # read at every call: a callback may add a group (unfreezing layers) mid-fit
+
+    def zero_grad() -> None:
+        for group in groups:
+            for param in group["params"]:
+                param.grad = None
+
+    return zero_grad
+
+
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
                              "torch": torch.get_rng_state()}
@@ -137,6 +155,7 @@ class FitLoop:
         skip_nonfinite = options.on_nonfinite == "skip"
         every = options.checkpoint_every if options.checkpoint is not None else None
         batch_hooks, step_hooks = self.hooks["on_train_batch_end"], self.hooks["on_before_optimizer_step"]
+        zero_grad = _zero_grad(optimizer)
         module.train()
         losses: list[torch.Tensor] = self.resumed_losses if start else []
         last = len(self.loader) - 1
@@ -161,7 +180,7 @@ class FitLoop:
                 for callback in step_hooks:
                     callback.on_before_optimizer_step(model, model.global_step)
                 precision.step(optimizer)
-                optimizer.zero_grad(set_to_none=True)
+                zero_grad()
                 model.global_step += 1
                 if schedule is not None:
                     schedule.step()
