@@ -257,3 +257,29 @@ def test_state_dict_is_json_and_a_resumed_doctor_does_not_repeat_findings(digits
 def test_bad_settings_name_the_value_and_the_range(options, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         GradientDoctor(**options)
+
+
+class LookStats(kiln.Callback):
+    """After each batch whose step the doctor looked at: the doctor's stats of that look (put after the doctor)."""
+
+    def __init__(self, doctor: GradientDoctor) -> None:
+        self.doctor, self.looks = doctor, []
+
+    def on_train_batch_end(self, model, step, loss):
+        if self.doctor.stats.get("step") == step - 1:
+            self.looks.append(json.loads(json.dumps(self.doctor.stats)))
+
+
+def test_update_ratios_are_the_step_size_over_the_weights_on_every_look(digits):
+    # Plain SGD moves each layer by lr * its gradient, so the update/weight ratio of a look is exactly
+    # lr * grad norm / weight norm; several regular looks check the reused weight copy as well as the first one.
+    torch.manual_seed(0)
+    doctor = GradientDoctor(every=7, early=2, print_findings=False)
+    stats = LookStats(doctor)
+    kiln.Model(relu_mlp(64, 32, 10), loss="cross_entropy", optimizer="sgd", lr=0.1).fit(
+        digits, epochs=2, batch_size=64, seed=0, callbacks=[doctor, stats], verbose=0)
+    assert [look["step"] for look in stats.looks][:6] == [0, 1, 2, 7, 14, 21]
+    for look in stats.looks:
+        for name, ratio in look["update_ratios"].items():
+            expected = 0.1 * look["grad_norms"][name] / look["weight_norms"][name]
+            assert ratio == pytest.approx(expected, rel=1e-4), (look["step"], name)

@@ -42,6 +42,10 @@ __all__ = ["KINDS", "Finding", "GradientDoctor"]
 
 logger = logging.getLogger("kiln.doctor")
 
+# Weight copies for the update/weight ratio are kept between looks up to this size: allocating them anew costs a
+# small model more than the copy itself (fresh pages), while a large model should not hold a second copy of itself.
+_KEEP_SNAPSHOT_BYTES = 64 * 2**20
+
 
 class GradientDoctor(Callback):
     """Watch training on sampled steps and report vanishing or exploding gradients, loss spikes, dead ReLUs and NaN/Inf.
@@ -141,6 +145,7 @@ class GradientDoctor(Callback):
         self._snapshot_owners: list[int] = []
         self._weight_norms: dict[int, float] = {}
         self._snapshot_step = -1
+        self._spare: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (parameters, buffers) of a copy
         self._hooks_enabled = False
 
     # ------------------------------------------------------------------ hooks of the loop
@@ -201,7 +206,7 @@ class GradientDoctor(Callback):
 
     def on_fit_end(self, model: Model) -> None:
         self._remove_hooks()
-        self._snapshot = None
+        self._snapshot, self._spare = None, None
         self._check_losses(model)
 
     # ------------------------------------------------------------------ sampling
@@ -271,7 +276,7 @@ class GradientDoctor(Callback):
             self._first_look = step
         with torch.no_grad():
             norms = torch.stack(torch._foreach_norm([*grads, *weights])).tolist()  # one transfer for all of them
-            self._snapshot = list(torch._foreach_mul(weights, 1.0))
+            self._snapshot = self._copy(weights)
         self._snapshot_step = step
         grad_sq: dict[int, float] = {}
         weight_sq: dict[int, float] = {}
@@ -307,6 +312,14 @@ class GradientDoctor(Callback):
         if not self._check_exploding(model, self._snapshot_step, total, rising):
             self._healthy_norms.append(total)
 
+    def _copy(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A copy of ``weights``, into the previous look's buffers where they fit (same parameter list)."""
+        spare, self._spare = self._spare, None
+        if spare is not None and spare[0] is weights:
+            torch._foreach_copy_(spare[1], weights)
+            return spare[1]
+        return list(torch._foreach_mul(weights, 1.0))
+
     def _finish_update_ratios(self) -> None:
         snapshot, self._snapshot = self._snapshot, None
         assert snapshot is not None
@@ -316,6 +329,8 @@ class GradientDoctor(Callback):
         update_sq: dict[int, float] = {}
         for owner, norm in zip(self._snapshot_owners, update_norms, strict=True):
             update_sq[owner] = update_sq.get(owner, 0.0) + norm**2
+        if sum(t.numel() * t.element_size() for t in snapshot) <= _KEEP_SNAPSHOT_BYTES:
+            self._spare = (self._snapshot_params, snapshot)  # the next look copies into these: no new allocation
         self._snapshot_params = []
         self.stats["update_ratios"] = self._last_update_ratios = {
             self._layers[owner].name: math.sqrt(value) / self._weight_norms[owner]
