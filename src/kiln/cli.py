@@ -70,10 +70,15 @@ def _runs_show(args: argparse.Namespace) -> int:
 
 
 def _add_runs(sub: argparse._SubParsersAction) -> None:
-    runs = sub.add_parser("runs", help="list and show tracked training runs").add_subparsers(metavar="ACTION")
+    runs = sub.add_parser(
+        "runs",
+        help="list and show tracked training runs",
+        description="A run whose process died without finishing it (same machine) is shown, and recorded, as "
+        "killed; one running on another machine that has not written for 30 minutes is shown as stale.",
+    ).add_subparsers(metavar="ACTION")
     listing = runs.add_parser("list", help="runs, newest first")
     listing.add_argument("--name", help="only runs with this name")
-    listing.add_argument("--status", choices=["running", "finished", "failed", "killed"])
+    listing.add_argument("--status", choices=["running", "finished", "failed", "killed", "stale"])
     listing.add_argument("--limit", type=int, default=20)
     show = runs.add_parser("show", help="params, system info, latest metrics and artifacts of one run")
     show.add_argument("run_id", help="a run id or a unique prefix of one")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,21 @@ def test_cli_as_a_subprocess(filled: Store) -> None:
         [sys.executable, "-m", "kiln.cli", "models", "verify"], capture_output=True, text=True, env=env, timeout=120
     )
     assert done.returncode == 0 and "ok: 3 files" in done.stdout
+
+
+def test_runs_silent_on_another_machine_are_shown_stale(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    from kiln.store.runs import this_process
+    from kiln.store.schema import runs
+
+    run = filled.start_run("remote")
+    away = {**this_process(), "host": "gpu-node-7", "machine": "another-boot/pid:[1]", "pid": 4242}
+    update = runs.update().where(runs.c.id == run.id).values(process=away, heartbeat=time.time() - 7200)
+    filled.database.write(lambda connection: connection.execute(update))
+    where = str(filled.path)
+    assert kiln("runs", "list", "--status", "stale", "--store", where) == 0
+    out = capsys.readouterr().out
+    assert run.id[:12] in out and "stale" in out and filled.run_id[:12] not in out  # type: ignore[attr-defined]
+    assert kiln("runs", "show", run.id, "--store", where) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "stale (recorded running, but its process cannot be checked from here" in out
+    assert "pid 4242 on gpu-node-7" in out

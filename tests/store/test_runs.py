@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from kiln.errors import ConfigError, InvalidNameError, StoreError
 from kiln.store import Store
+from kiln.store.runs import machine_key, mark_killed, this_process
+from kiln.store.schema import runs
+
+linux_only = pytest.mark.skipif(machine_key() is None, reason="pids are judged only where /proc tells (Linux)")
 
 
 def test_run_records_params_metrics_and_status(store: Store) -> None:
@@ -91,3 +104,117 @@ def test_artifacts_are_content_addressed(store: Store, tmp_path: Path) -> None:
     assert store.verify().ok and store.verify().artifacts == 2
     with pytest.raises(ConfigError, match="is not a file"):
         run.log_artifact("missing.png", tmp_path / "missing.png")
+
+
+def _stored(store: Store, run_id: str) -> tuple[str, float | None, float | None]:
+    """(status, end_time, heartbeat) as recorded, bypassing any judgement."""
+    with contextlib.closing(sqlite3.connect(store.path / "kiln.db")) as connection:
+        return connection.execute("SELECT status, end_time, heartbeat FROM runs WHERE id = ?", (run_id,)).fetchone()
+
+
+def _set(store: Store, run_id: str, **values: Any) -> None:
+    update = runs.update().where(runs.c.id == run_id).values(**values)
+    store.database.write(lambda connection: connection.execute(update))
+
+
+# The child records a run, flushes one metric, says which run on stdout, then blocks until it is killed.
+CHILD_RUN = """
+import sys
+from kiln.store import Store
+run = Store(sys.argv[1]).start_run("child")
+run.log({"loss": 0.5}, step=1)
+run.flush()
+print(run.id, flush=True)
+sys.stdin.readline()
+"""
+
+
+def _readline(child: subprocess.Popen, timeout: float = 120) -> str:
+    assert child.stdout is not None
+    ready, _, _ = select.select([child.stdout], [], [], timeout)  # waits for the line, bounded, not a sleep
+    assert ready, f"the child printed nothing in {timeout} s"
+    return child.stdout.readline().strip()
+
+
+@linux_only
+def test_sigkilled_process_run_is_recorded_killed(store: Store) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD_RUN, str(store.path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    ) as child:
+        try:
+            run_id = _readline(child)
+            assert store.run(run_id).status == "running"  # alive in another process: left alone
+            heartbeat = _stored(store, run_id)[2]
+            assert heartbeat is not None and heartbeat >= store.run(run_id).start_time
+        finally:
+            child.kill()
+            child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert _stored(store, run_id) == ("running", None, heartbeat)  # what the dead process left
+
+    [info] = store.runs()
+    assert (info.id, info.status, info.end_time) == (run_id, "killed", heartbeat)
+    assert _stored(store, run_id) == ("killed", heartbeat, heartbeat)  # recorded: ended at its last sign of life
+    assert [r.id for r in store.runs(status="killed")] == [run_id] and store.runs(status="running") == []
+
+
+@linux_only
+def test_reused_pid_is_not_mistaken_for_the_run_process(store: Store) -> None:
+    mine = store.start_run("mine")
+    other = store.start_run("reused")
+    me = this_process()
+    # Same host and pid as a live process (this one) but another start time: the run's own process is gone.
+    _set(store, other.id, process={**me, "started": me["started"] - 1})
+    assert {r.name: r.status for r in store.runs()} == {"mine": "running", "reused": "killed"}
+    assert _stored(store, mine.id)[0] == "running" and _stored(store, other.id)[0] == "killed"
+    store.resume_run(other.id)  # resumed by this (live) process: its record follows
+    assert store.run(other.id).status == "running" and _stored(store, other.id)[0] == "running"
+
+
+def test_run_on_another_machine_is_stale_when_silent(store: Store) -> None:
+    run = store.start_run("elsewhere")
+    _set(store, run.id, process={**this_process(), "host": "gpu-node-7", "machine": "another-boot/pid:[1]"})
+    assert store.run(run.id).status == "running"  # cannot check its pid; its heartbeat is fresh
+    _set(store, run.id, heartbeat=time.time() - 3600)
+    assert store.run(run.id).status == "stale" and store.run(run.id, stale_after=7200).status == "running"
+    assert [r.id for r in store.runs(status="stale")] == [run.id] and store.runs(status="running") == []
+    assert _stored(store, run.id)[0] == "running"  # only reported: the other machine may yet finish it
+    run.log({"loss": 0.1}, step=1)
+    run.flush()  # a write is a sign of life
+    assert store.run(run.id).status == "running"
+    with pytest.raises(ConfigError, match="stale_after must be a positive number"):
+        store.runs(stale_after=0)
+
+
+def test_heartbeat_moves_on_flush_not_on_log(store: Store) -> None:
+    run = store.start_run("beating", flush_rows=100, flush_seconds=1e9)
+    _set(store, run.id, heartbeat=0.0)
+    run.log({"loss": 0.5}, step=1)
+    assert _stored(store, run.id)[2] == 0.0  # logging is a list append: no write, no heartbeat
+    run.flush()
+    assert _stored(store, run.id)[2] == pytest.approx(time.time(), abs=60)
+    run.finish()
+
+
+def test_finished_runs_are_never_judged(store: Store) -> None:
+    run = store.start_run("done")
+    run.finish()
+    gone = {**this_process(), "started": -1}  # whatever its process record says
+    _set(store, run.id, process=gone)
+    before = _stored(store, run.id)
+    assert store.run(run.id).status == "finished" and _stored(store, run.id) == before
+
+
+def test_a_run_resumed_meanwhile_is_not_marked_killed(store: Store) -> None:
+    run = store.start_run("resumed")
+    judged_dead = {**this_process(), "started": -1}  # what a lister saw before taking the write lock
+    # Meanwhile the run was resumed by a live process (this one): the lister must not kill it.
+    assert store.database.write(lambda connection: mark_killed(connection, {run.id: judged_dead})) == []
+    assert store.run(run.id).status == "running"
+    _set(store, run.id, process=judged_dead)
+    assert store.database.write(lambda connection: mark_killed(connection, {run.id: judged_dead})) == [run.id]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,13 +51,14 @@ def test_upgrade_runs_once_and_is_recorded(tmp_path: Path, monkeypatch: pytest.M
         calls.append(1)
         connection.exec_driver_sql("ALTER TABLE models ADD COLUMN owner VARCHAR(64)")
 
-    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(schema.UPGRADES, 2, add_column)
+    following = schema.SCHEMA_VERSION + 1
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", following)
+    monkeypatch.setitem(schema.UPGRADES, following, add_column)
     Store(tmp_path / "s").close()
     Store(tmp_path / "s").close()
     assert calls == [1]
     with sqlite3.connect(tmp_path / "s" / "kiln.db") as connection:
-        assert connection.execute("SELECT version FROM kiln_schema").fetchone()[0] == 2
+        assert connection.execute("SELECT version FROM kiln_schema").fetchone()[0] == following
         assert "owner" in [row[1] for row in connection.execute("PRAGMA table_info(models)")]
 
 
@@ -64,3 +69,72 @@ def test_default_path_follows_kiln_home(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.delenv("KILN_HOME")
     monkeypatch.chdir(tmp_path)
     assert Store().path == tmp_path / ".kiln"
+
+
+# Each opener says "ready", waits for "go" (so all open at once, no sleeps), opens the store and prints its version.
+OPENER = """
+import sys
+from kiln.store import Store, schema
+print("ready", flush=True)
+sys.stdin.readline()
+store = Store(sys.argv[1], create=False)
+print(store.database.read(schema.schema_version), flush=True)
+"""
+
+
+def _as_version_1(root: Path) -> None:
+    """Turn a store into what kiln wrote at schema version 1 (runs had no process nor heartbeat)."""
+    with sqlite3.connect(root / "kiln.db") as connection:
+        connection.execute("ALTER TABLE runs DROP COLUMN process")
+        connection.execute("ALTER TABLE runs DROP COLUMN heartbeat")
+        connection.execute("UPDATE kiln_schema SET version = 1")
+
+
+def test_version_1_store_is_upgraded_once_by_racing_openers(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    with Store(root) as store:
+        running = store.start_run("old-running")
+        running.log({"loss": 0.5}, step=1)
+        running.flush()
+        finished = store.start_run("old-finished")
+        finished.finish()
+        logged_at = store.database.read(
+            lambda c: c.exec_driver_sql("SELECT max(time) FROM metrics WHERE run_id = ?", (running.id,)).scalar()
+        )
+    _as_version_1(root)
+
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for _ in range(4)
+    ]
+    for opener in openers:
+        assert opener.stdout is not None and opener.stdout.readline().strip() == "ready"
+    for opener in openers:
+        assert opener.stdin is not None
+        opener.stdin.write("go\n")
+        opener.stdin.flush()
+    results = [opener.communicate(timeout=120) for opener in openers]
+    # A second ALTER TABLE would fail ("duplicate column name"): every opener succeeds and sees version 2.
+    assert [(o.returncode, out.strip()) for o, (out, _) in zip(openers, results, strict=True)] == [(0, "2")] * 4, [
+        err for _, err in results
+    ]
+
+    with sqlite3.connect(root / "kiln.db") as connection:
+        rows = dict(connection.execute("SELECT name, heartbeat FROM runs").fetchall())
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(runs)")]
+    assert columns.count("process") == 1 and columns.count("heartbeat") == 1
+    # A running run's last sign of life is its last metric; a finished run needs none.
+    assert rows == {"old-running": logged_at, "old-finished": None}
+    with Store(root) as store:
+        # A run from before version 2 has no process record: it is judged by its heartbeat only, never killed.
+        assert store.run(running.id).status == "running"
+        age = time.time() - logged_at
+        assert store.run(running.id, stale_after=age / 2).status == "stale"
+        assert store.run(finished.id).status == "finished"

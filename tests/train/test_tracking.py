@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,7 @@ import kiln
 from kiln.data import ArrayDataset
 from kiln.export import register_module
 from kiln.store import Store
+from kiln.store.runs import machine_key
 from kiln.train.tracking import TrackingCallback, fingerprint
 
 
@@ -73,6 +80,30 @@ def test_batch_losses_are_written_in_batches(tmp_path: Path, data: tuple[ArrayDa
     model = _model()
     model.fit(data[0], epochs=2, batch_size=64, callbacks=[TrackingCallback(store, "r", every=1), probe], verbose=0)
     assert probe.seen == [0, 8]  # nothing written during the epoch, all 8 rows in one write at its end
+
+
+class _Beats(kiln.Callback):
+    """Records, at each step of the first epoch, how many batch losses are stored and the run's heartbeat."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.seen, self.heartbeats = store, [], []
+
+    def on_train_batch_end(self, model: Any, step: int, loss: torch.Tensor) -> None:
+        if step <= model.steps_per_epoch:
+            self.seen.append(len(self.store.metrics(model.run_id).get("batch_loss", [])))
+            self.heartbeats.append(self.store.run(model.run_id).heartbeat)
+
+
+def test_a_long_epoch_still_writes_within_flush_seconds(tmp_path: Path, data: tuple[ArrayDataset, ArrayDataset]):
+    store = Store(tmp_path / "store")
+    beats = _Beats(store)
+    tracking = TrackingCallback(store, "r", every=2, flush_seconds=0)  # every sample is past due: write it now
+    model = _model()
+    model.fit(data[0], epochs=1, batch_size=64, callbacks=[tracking, beats], verbose=0)
+    assert beats.seen == [0, 1, 1, 2, 2, 3, 3, 4]  # written at each sampled step, not at the epoch end
+    assert beats.heartbeats == sorted(beats.heartbeats) and beats.heartbeats[1] > store.run(model.run_id).start_time
+    with pytest.raises(kiln.KilnError, match="flush_seconds must be a finite number"):
+        TrackingCallback(store, "r", flush_seconds=float("inf"))
 
 
 class _Explode(kiln.Callback):
@@ -178,3 +209,68 @@ def test_fingerprint_of_files(tmp_path: Path) -> None:
     assert fingerprint(root) not in (base, touched)
     with pytest.raises(kiln.KilnError, match="cannot fingerprint"):
         fingerprint(object())
+
+
+# Trains "forever" into the store at KILN_HOME; prints the run id at the first step, then keeps training.
+CHILD_FIT = """
+import sys, torch
+from torch import nn
+import kiln
+
+class Announce(kiln.Callback):
+    def on_train_batch_end(self, model, step, loss):
+        if step == 1:
+            print(model.run_id, flush=True)
+
+torch.set_num_threads(1)
+x, y = torch.randn(64, 8), torch.randint(0, 2, (64,))
+model = kiln.Model(nn.Linear(8, 2), loss="cross_entropy", lr=1e-2, device="cpu")
+model.fit((x, y), epochs=10**9, batch_size=16, run="doomed", callbacks=[Announce()], verbose=0, doctor=False)
+"""
+
+
+def _recorded(root: Path) -> dict[str, tuple[str, float | None]]:
+    with contextlib.closing(sqlite3.connect(root / "kiln.db")) as connection:
+        return {i: (s, e) for i, s, e in connection.execute("SELECT id, status, end_time FROM runs")}
+
+
+@pytest.mark.skipif(machine_key() is None, reason="pids are judged only where /proc tells (Linux)")
+def test_sigkilled_fit_is_reported_killed(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = Store(root)
+    finished = store.start_run("done")
+    finished.finish()
+    live = store.start_run("live")  # this process's own, still running
+    env = {**os.environ, "KILN_HOME": str(root), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    with (
+        (tmp_path / "child.err").open("w") as errors,
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD_FIT], stdout=subprocess.PIPE, stderr=errors, text=True, env=env
+        ) as child,
+    ):
+        try:
+            assert child.stdout is not None
+            ready, _, _ = select.select([child.stdout], [], [], 300)  # the child's line, not a sleep
+            doomed = child.stdout.readline().strip() if ready else ""
+            assert len(doomed) == 32, (tmp_path / "child.err").read_text()
+        finally:
+            child.kill()
+            child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    before = _recorded(root)
+    assert before[doomed] == ("running", None)  # SIGKILL left it "running" in the database
+
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "runs", "list"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    rows = {line.split("│")[1].strip(): line for line in done.stdout.splitlines() if line.count("│") > 2}
+    assert "killed" in rows[doomed[:12]] and "doomed" in rows[doomed[:12]]
+    assert "running" in rows[live.id[:12]] and "finished" in rows[finished.id[:12]]
+
+    after = _recorded(root)
+    assert after[doomed][0] == "killed" and after[doomed][1] is not None  # recorded, with an end time
+    assert after[live.id] == before[live.id] and after[finished.id] == before[finished.id]  # untouched
+    assert {r.id: r.status for r in store.runs()} == {doomed: "killed", live.id: "running", finished.id: "finished"}
+    assert store.run(doomed).params["epochs"] == 10**9
+    live.finish()

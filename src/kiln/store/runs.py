@@ -2,10 +2,23 @@
 
 A :class:`Run` buffers metric rows in memory and writes them in one transaction when the buffer fills, when
 ``flush_seconds`` have passed, or when asked, so logging a metric costs a list append, not a database write.
+
+Whether a run is really running. A run records the process that logs it (host name, a machine key, pid and the
+process's start time) and a heartbeat, the time of its last write (start, every metric flush, finish): no write of
+its own. When the store lists or shows runs, a "running" run is judged by :func:`reported_status`:
+
+- its process is checkable from here (Linux, same host, same kernel boot and pid namespace): when that pid is gone,
+  a zombie, or now a different process (another start time), the run is "killed", and recorded so with its last
+  heartbeat as end time; while the process lives the run is "running", however long it has been silent;
+- otherwise (another machine, no /proc, a run from before schema 2): "running" while its heartbeat is at most
+  ``stale_after`` seconds old (default :data:`STALE_AFTER_SECONDS`, 30 minutes), else "stale": unknown, perhaps
+  dead. "stale" is only reported, never recorded: another machine may yet prove it alive (or finish it).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import os
 import platform
@@ -30,10 +43,29 @@ from .schema import metrics, run_artifacts, runs
 if TYPE_CHECKING:
     from .store import Store
 
-__all__ = ["STATUSES", "MetricRow", "Run", "RunInfo", "git_commit", "jsonable", "system_info"]
+__all__ = [
+    "REPORTED_STATUSES",
+    "STALE_AFTER_SECONDS",
+    "STATUSES",
+    "MetricRow",
+    "Run",
+    "RunInfo",
+    "git_commit",
+    "jsonable",
+    "process_liveness",
+    "reported_status",
+    "system_info",
+    "this_process",
+]
+
+logger = logging.getLogger(__name__)
 
 Status = Literal["running", "finished", "failed", "killed"]
-STATUSES: tuple[Status, ...] = ("running", "finished", "failed", "killed")
+STATUSES: tuple[Status, ...] = ("running", "finished", "failed", "killed")  # what the store records
+# What listing reports: "stale" is a running run whose process cannot be checked and has been silent too long.
+REPORTED_STATUSES: tuple[str, ...] = (*STATUSES, "stale")
+STALE_AFTER_SECONDS = 1800.0  # a tracked fit writes at least every 30 s while steps run, and at each epoch end
+Liveness = Literal["alive", "dead", "unknown"]
 MetricRow = tuple[str, int, float, "int | None"]  # (key, step, value, epoch)
 
 
@@ -51,6 +83,8 @@ class RunInfo:
     system: dict[str, Any] = field(default_factory=dict)
     latest: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Blob] = field(default_factory=dict)
+    heartbeat: float | None = None  # time of the run's last write
+    process: dict[str, Any] = field(default_factory=dict)  # host, machine, pid, started of the process logging it
 
     @property
     def duration(self) -> float | None:
@@ -103,6 +137,101 @@ def system_info() -> dict[str, Any]:
     }
 
 
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def machine_key() -> str | None:
+    """Kernel boot id and pid namespace of this process: two processes with the same key see the same pids.
+
+    None where ``/proc`` does not tell (not Linux): there kiln never judges a pid, only heartbeats.
+    """
+    boot = _read_text("/proc/sys/kernel/random/boot_id")
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot}/{namespace}" if boot else None
+
+
+def _process_start(pid: int) -> int | None:
+    """When live process ``pid`` started (clock ticks after boot); None when there is no such process or a zombie."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if text is None:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the command name, in parentheses, may hold spaces
+    if fields[0] in ("Z", "X", "x"):  # exited, not yet reaped by its parent: dead all the same
+        return None
+    return int(fields[19])  # field 22 of proc_pid_stat(5); fields[0] is field 3
+
+
+def this_process() -> dict[str, Any]:
+    """Who logs a run: host name, :func:`machine_key`, pid and the process's start time (a reused pid differs)."""
+    pid = os.getpid()
+    key = machine_key()
+    return {
+        "host": socket.gethostname(),
+        "machine": key,
+        "pid": pid,
+        "started": _process_start(pid) if key is not None else None,
+    }
+
+
+def process_liveness(process: Mapping[str, Any] | None) -> Liveness:
+    """Whether ``process`` (a :func:`this_process` record) is "alive" or "dead", or "unknown" if not checkable here."""
+    if not isinstance(process, Mapping):
+        return "unknown"
+    pid, started, key = process.get("pid"), process.get("started"), process.get("machine")
+    if not isinstance(pid, int) or not isinstance(started, int) or key is None:
+        return "unknown"
+    if key != machine_key() or process.get("host") != socket.gethostname():
+        return "unknown"
+    try:
+        now_started = _process_start(pid)
+    except (IndexError, ValueError):  # a /proc entry kiln cannot parse: do not guess
+        return "unknown"
+    return "alive" if now_started == started else "dead"
+
+
+def reported_status(row: Any, *, now: float, stale_after: float = STALE_AFTER_SECONDS) -> str:
+    """The status to report for a ``runs`` row: recorded, except for "running" (see the module docstring)."""
+    if row.status != "running":
+        return str(row.status)
+    liveness = process_liveness(row.process)
+    if liveness != "unknown":
+        return "running" if liveness == "alive" else "killed"
+    last = row.heartbeat if row.heartbeat is not None else row.start_time
+    return "stale" if now - last > stale_after else "running"
+
+
+def dead_runs(connection: Connection) -> dict[str, Any]:
+    """Running runs whose process is provably gone: ``{id: process}``."""
+    query = sa.select(runs.c.id, runs.c.process).where(runs.c.status == "running")
+    return {row.id: row.process for row in connection.execute(query) if process_liveness(row.process) == "dead"}
+
+
+def mark_killed(connection: Connection, dead: Mapping[str, Any]) -> list[str]:
+    """Under the write lock: record "killed" (ended at the last heartbeat) for ``dead`` runs still running as the
+    same process; one resumed by another process meanwhile is left alone."""
+    query = sa.select(runs.c.id, runs.c.process, runs.c.heartbeat, runs.c.start_time).where(
+        runs.c.id.in_(list(dead)), runs.c.status == "running"
+    )
+    killed = []
+    for row in connection.execute(query).all():
+        if row.process == dead[row.id]:
+            end = row.heartbeat if row.heartbeat is not None else row.start_time
+            connection.execute(runs.update().where(runs.c.id == row.id).values(status="killed", end_time=end))
+            killed.append(row.id)
+    if killed:
+        logger.info("recorded %d run(s) as killed: their process is gone (%s)", len(killed), ", ".join(killed))
+    return killed
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not 0 < len(key) <= 200 or not key.isprintable():
         raise ConfigError(f"metric name {key!r} must be printable text of 1-200 characters (e.g. 'val_loss').")
@@ -114,6 +243,7 @@ def new_run(
 ) -> str:
     check_name(name, what="run name")
     run_id = uuid.uuid4().hex
+    now = time.time()
     connection.execute(
         runs.insert().values(
             id=run_id,
@@ -122,8 +252,10 @@ def new_run(
             params=jsonable(dict(params or {})),
             tags={str(k): str(v) for k, v in (tags or {}).items()},
             system=jsonable(dict(system)),
-            start_time=time.time(),
+            start_time=now,
             end_time=None,
+            process=this_process(),
+            heartbeat=now,
         )
     )
     return run_id
@@ -144,6 +276,7 @@ def find_run_id(connection: Connection, run_id: str) -> str:
 
 
 def insert_metrics(connection: Connection, run_id: str, rows: Iterable[MetricRow], now: float) -> None:
+    """Insert metric rows and move the run's heartbeat to ``now`` (the write is its sign of life)."""
     values = [
         {
             "run_id": run_id,
@@ -157,6 +290,7 @@ def insert_metrics(connection: Connection, run_id: str, rows: Iterable[MetricRow
     ]
     if values:
         connection.execute(metrics.insert(), values)
+    connection.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
 
 
 def latest_metrics(connection: Connection, run_ids: list[str]) -> dict[str, dict[str, float]]:
@@ -176,28 +310,44 @@ def latest_metrics(connection: Connection, run_ids: list[str]) -> dict[str, dict
     return out
 
 
-def run_infos(connection: Connection, rows: Sequence[Any], *, artifacts: bool = False) -> list[RunInfo]:
+def run_infos(
+    connection: Connection,
+    rows: Sequence[Any],
+    *,
+    artifacts: bool = False,
+    now: float | None = None,
+    stale_after: float = STALE_AFTER_SECONDS,
+) -> list[RunInfo]:
+    now = time.time() if now is None else now
     ids = [row.id for row in rows]
     latest = latest_metrics(connection, ids) if ids else {}
     files: dict[str, dict[str, Blob]] = {run_id: {} for run_id in ids}
     if artifacts and ids:
         for a in connection.execute(sa.select(run_artifacts).where(run_artifacts.c.run_id.in_(ids))):
             files[a.run_id][a.name] = Blob(a.sha256, int(a.size))
-    return [
-        RunInfo(
-            id=row.id,
-            name=row.name,
-            status=row.status,
-            start_time=row.start_time,
-            end_time=row.end_time,
-            params=dict(row.params or {}),
-            tags=dict(row.tags or {}),
-            system=dict(row.system or {}),
-            latest=latest.get(row.id, {}),
-            artifacts=files.get(row.id, {}),
+    infos = []
+    for row in rows:
+        status = reported_status(row, now=now, stale_after=stale_after)
+        end_time = row.end_time
+        if end_time is None and status == "killed":  # found dead just now: it ended at its last sign of life
+            end_time = row.heartbeat if row.heartbeat is not None else row.start_time
+        infos.append(
+            RunInfo(
+                id=row.id,
+                name=row.name,
+                status=status,
+                start_time=row.start_time,
+                end_time=end_time,
+                params=dict(row.params or {}),
+                tags=dict(row.tags or {}),
+                system=dict(row.system or {}),
+                latest=latest.get(row.id, {}),
+                artifacts=files.get(row.id, {}),
+                heartbeat=row.heartbeat,
+                process=dict(row.process or {}),
+            )
         )
-        for row in rows
-    ]
+    return infos
 
 
 class Run:
@@ -234,7 +384,7 @@ class Run:
             self.flush()
 
     def flush(self) -> None:
-        """Write buffered metrics in one transaction."""
+        """Write buffered metrics, and the run's heartbeat, in one transaction (nothing when none are buffered)."""
         rows, self._rows = self._rows, []
         self._last_flush = time.monotonic()
         if rows:

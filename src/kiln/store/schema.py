@@ -3,6 +3,9 @@
 The schema version lives in the ``kiln_schema`` table. Opening a store reads it without a lock; only when it is
 behind does the opener take the write lock, read it again and migrate, so any number of processes can open a
 store at once and exactly one of them creates or upgrades it.
+
+Versions: 1, the first; 2 adds ``runs.process`` (who runs it: host, machine key, pid, process start time) and
+``runs.heartbeat`` (last sign of life), so a run whose process died without finishing it can be told apart.
 """
 
 from __future__ import annotations
@@ -31,9 +34,7 @@ __all__ = [
     "versions",
 ]
 
-SCHEMA_VERSION = 1
-# UPGRADES[n] turns a version n-1 store into a version n store (a fresh store is created at SCHEMA_VERSION).
-UPGRADES: dict[int, Callable[[Connection], None]] = {}
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -55,6 +56,8 @@ runs = sa.Table(
     sa.Column("system", sa.JSON, nullable=False),
     sa.Column("start_time", sa.Float, nullable=False, index=True),
     sa.Column("end_time", sa.Float),
+    sa.Column("process", sa.JSON),  # {"host", "machine", "pid", "started"} of the process logging it; v2
+    sa.Column("heartbeat", sa.Float),  # time of its last write (start, metric flush, finish); v2
 )
 
 metrics = sa.Table(
@@ -134,6 +137,27 @@ alias_history = sa.Table(
     sa.Column("new_version", sa.Integer),  # None: the alias was removed
     sa.Column("time", sa.Float, nullable=False),
 )
+
+
+def _add_column(connection: Connection, column: sa.Column) -> None:
+    kind = column.type.compile(dialect=connection.dialect)
+    connection.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}")
+
+
+def _upgrade_to_2(connection: Connection) -> None:
+    """Runs learn who logs them and when they last did; a running run's last sign of life is its last metric."""
+    _add_column(connection, runs.c.process)
+    _add_column(connection, runs.c.heartbeat)
+    last_metric = sa.select(sa.func.max(metrics.c.time)).where(metrics.c.run_id == runs.c.id).scalar_subquery()
+    connection.execute(
+        runs.update()
+        .where(runs.c.status == "running")
+        .values(heartbeat=sa.func.coalesce(last_metric, runs.c.start_time))
+    )
+
+
+# UPGRADES[n] turns a version n-1 store into a version n store (a fresh store is created at SCHEMA_VERSION).
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2}
 
 
 def schema_version(connection: Connection) -> int:

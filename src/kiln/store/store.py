@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -22,11 +23,28 @@ from .database import Database
 from .manifest import MANIFEST, read_manifest
 from .names import check_file_name, check_name
 from .registry import AliasMove, ModelSummary, ModelVersion
-from .runs import STATUSES, Run, RunInfo, check_artifact, find_run_id, jsonable, new_run, run_infos, system_info
+from .runs import (
+    REPORTED_STATUSES,
+    STALE_AFTER_SECONDS,
+    Run,
+    RunInfo,
+    check_artifact,
+    dead_runs,
+    find_run_id,
+    jsonable,
+    mark_killed,
+    new_run,
+    reported_status,
+    run_infos,
+    system_info,
+    this_process,
+)
 from .schema import metrics, migrate, run_artifacts, runs
 from .verify import VerifyReport, verify_versions
 
 __all__ = ["GcReport", "Store", "default_path"]
+
+logger = logging.getLogger(__name__)
 
 FileSource = str | os.PathLike[str] | BlobWriter
 
@@ -109,31 +127,81 @@ class Store:
 
         def reopen(connection: Connection) -> tuple[str, str]:
             full = find_run_id(connection, run_id)
-            connection.execute(runs.update().where(runs.c.id == full).values(status="running", end_time=None))
+            connection.execute(
+                runs.update()
+                .where(runs.c.id == full)
+                .values(status="running", end_time=None, process=this_process(), heartbeat=time.time())
+            )
             return full, connection.execute(sa.select(runs.c.name).where(runs.c.id == full)).scalar_one()
 
         full, name = self.database.write(reopen)
         return Run(self, full, name, flush_rows=flush_rows, flush_seconds=flush_seconds)
 
-    def run(self, run_id: str) -> RunInfo:
-        """One run, with its artifacts and the latest value of each metric (``run_id`` may be a unique prefix)."""
+    def run(self, run_id: str, *, stale_after: float = STALE_AFTER_SECONDS) -> RunInfo:
+        """One run, with its artifacts and the latest value of each metric (``run_id`` may be a unique prefix).
+
+        Its status is the truth as far as it can be known: see :meth:`runs`.
+        """
+        _check_stale_after(stale_after)
+        self._record_dead_runs()
 
         def read(connection: Connection) -> RunInfo:
             row = connection.execute(sa.select(runs).where(runs.c.id == find_run_id(connection, run_id))).one()
-            return run_infos(connection, [row], artifacts=True)[0]
+            return run_infos(connection, [row], artifacts=True, stale_after=stale_after)[0]
 
         return self.database.read(read)
 
-    def runs(self, *, name: str | None = None, status: str | None = None, limit: int = 50) -> list[RunInfo]:
-        """Runs, newest first, optionally only those called ``name`` or with ``status``."""
-        query = sa.select(runs).order_by(runs.c.start_time.desc()).limit(max(int(limit), 1))
+    def runs(
+        self,
+        *,
+        name: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        stale_after: float = STALE_AFTER_SECONDS,
+    ) -> list[RunInfo]:
+        """Runs, newest first, optionally only those called ``name`` or with ``status``.
+
+        A "running" run whose process is provably gone (same machine; the pid is gone or now another process) is
+        recorded as "killed" first. One whose process cannot be checked from here (another machine) and that has
+        not written for ``stale_after`` seconds is reported "stale" (not recorded). See :mod:`kiln.store.runs`.
+
+        Example:
+            >>> [(r.name, r.status) for r in store.runs(status="killed")]
+            [('digits-cnn', 'killed')]
+        """
+        if status is not None and status not in REPORTED_STATUSES:
+            raise ConfigError(f"status must be one of {', '.join(REPORTED_STATUSES)}; got {status!r}.")
+        _check_stale_after(stale_after)
+        count = max(int(limit), 1)
+        query = sa.select(runs).order_by(runs.c.start_time.desc())
         if name is not None:
             query = query.where(runs.c.name == check_name(name, what="run name"))
-        if status is not None:
-            if status not in STATUSES:
-                raise ConfigError(f"status must be one of {', '.join(STATUSES)}; got {status!r}.")
-            query = query.where(runs.c.status == status)
-        return self.database.read(lambda connection: run_infos(connection, connection.execute(query).all()))
+        if status in ("running", "stale"):  # the two split by liveness, below; running runs are few
+            query = query.where(runs.c.status == "running")
+        elif status is not None:
+            query = query.where(runs.c.status == status).limit(count)
+        else:
+            query = query.limit(count)
+        self._record_dead_runs()
+        now = time.time()
+
+        def read(connection: Connection) -> list[RunInfo]:
+            rows = connection.execute(query).all()
+            if status in ("running", "stale"):
+                rows = [row for row in rows if reported_status(row, now=now, stale_after=stale_after) == status]
+            return run_infos(connection, rows[:count], now=now, stale_after=stale_after)
+
+        return self.database.read(read)
+
+    def _record_dead_runs(self) -> None:
+        """Record "killed" for running runs whose process is provably gone; one read when there are none."""
+        dead = self.database.read(dead_runs)
+        if not dead:
+            return
+        try:
+            self.database.write(lambda connection: mark_killed(connection, dead))
+        except StoreError as error:  # e.g. a read-only store: they are still reported "killed", just not recorded
+            logger.warning("could not record %d dead run(s) as killed: %s", len(dead), error)
 
     def metrics(self, run_id: str, key: str | None = None) -> dict[str, list[tuple[int, float]]]:
         """Every logged ``(step, value)`` of a run, per metric, in step order."""
@@ -345,6 +413,11 @@ class Store:
             return removed
 
         return GcReport(self.database.write(sweep), self.blobs.clean_tmp(older_than=grace_seconds))
+
+
+def _check_stale_after(seconds: float) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
+        raise ConfigError(f"stale_after must be a positive number of seconds (e.g. 1800); got {seconds!r}.")
 
 
 def _package_files(directory: str | os.PathLike[str]) -> dict[str, Path]:

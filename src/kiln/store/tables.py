@@ -17,7 +17,11 @@ from .verify import VerifyReport
 
 __all__ = ["alias_table", "model_table", "run_detail", "run_table", "verify_table", "version_detail", "version_table"]
 
-_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "killed": "yellow"}
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "failed": "red", "killed": "yellow", "stale": "magenta"}
+_STATUS_NOTE = {
+    "stale": "recorded running, but its process cannot be checked from here and it has been silent too long",
+    "killed": "interrupted, or its process died without finishing the run",
+}
 
 
 def when(timestamp: float | None) -> str:
@@ -69,10 +73,18 @@ def _pairs(title: str, pairs: Iterable[tuple[str, Any]]) -> Table:
     return table
 
 
+def _process(process: dict[str, Any]) -> str:
+    if not process:
+        return "-"
+    return f"pid {process.get('pid')} on {process.get('host')}"
+
+
 def run_detail(run: RunInfo) -> list[Table]:
+    status = f"{run.status} ({_STATUS_NOTE[run.status]})" if run.status in _STATUS_NOTE else run.status
     overview = _pairs(f"run {run.id}", [
-        ("name", run.name), ("status", run.status), ("started", when(run.start_time)),
+        ("name", run.name), ("status", status), ("started", when(run.start_time)),
         ("ended", when(run.end_time)), ("duration", duration(run.duration)),
+        ("process", _process(run.process)), ("last heartbeat", when(run.heartbeat)),
         *((f"tag {k}", v) for k, v in sorted(run.tags.items())),
     ])  # fmt: skip
     tables = [overview, _pairs("params", sorted(run.params.items())), _pairs("system", sorted(run.system.items()))]

@@ -1,14 +1,18 @@
 """Record a ``fit`` as a run in a kiln store: parameters, system info, sampled batch loss, epoch logs, status.
 
-The per-step cost is a counter and, every ``every`` steps, keeping a reference to the (detached) loss tensor: no
-``.item()``, no device sync, no database write. Buffered losses are turned into numbers with one ``stack`` and
-written in one transaction per ``flush_steps`` samples and at every epoch end.
+The per-step cost is a counter and, every ``every`` steps, keeping a reference to the (detached) loss tensor and
+reading the monotonic clock: no ``.item()``, no device sync, no database write. Buffered losses are turned into
+numbers with one ``stack`` and written in one transaction per ``flush_steps`` samples, once ``flush_seconds`` have
+passed, and at every epoch end. Each of those writes is also the run's heartbeat, so a long epoch still tells the
+store its run is alive (see :mod:`kiln.store.runs`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,9 +103,10 @@ def _files_of(dataset: Any) -> list[Path] | None:
 class TrackingCallback(Callback):
     """Record a ``fit`` into ``store`` as a run named ``run_name``; sets ``model.run_id`` when fit starts.
 
-    Params are ``model.fit_config`` plus ``params``. The batch loss is sampled every ``every`` steps; epoch logs
-    (loss, val_*, lr) are recorded at each epoch's last step. The run ends "finished", "failed" or "killed" as
-    ``model.fit_status`` says. Only rank zero records.
+    Params are ``model.fit_config`` plus ``params``. The batch loss is sampled every ``every`` steps and written
+    every ``flush_steps`` samples or ``flush_seconds``, whichever comes first (each write is the run's heartbeat);
+    epoch logs (loss, val_*, lr) are recorded at each epoch's last step. The run ends "finished", "failed" or
+    "killed" as ``model.fit_status`` says. Only rank zero records.
 
     Example:
         >>> tracking = TrackingCallback(Store(), "digits-mlp", params={"hidden": 128})
@@ -119,13 +124,18 @@ class TrackingCallback(Callback):
         data: Any = None,
         every: int = 10,
         flush_steps: int = 500,
+        flush_seconds: float = 30.0,
     ) -> None:
         check_name(run_name, what="run name")
         if not isinstance(every, int) or every < 1 or not isinstance(flush_steps, int) or flush_steps < 1:
             raise ConfigError(f"every and flush_steps must be positive ints; got {every!r} and {flush_steps!r}.")
+        seconds_ok = isinstance(flush_seconds, int | float) and not isinstance(flush_seconds, bool)
+        if not seconds_ok or not 0 <= flush_seconds < math.inf:
+            raise ConfigError(f"flush_seconds must be a finite number >= 0 (e.g. 30.0); got {flush_seconds!r}.")
         self._store_arg, self.run_name = store, run_name
         self.params, self.tags, self.data = dict(params or {}), dict(tags or {}), data
-        self.every, self.flush_steps = every, flush_steps
+        self.every, self.flush_steps, self.flush_seconds = every, flush_steps, float(flush_seconds)
+        self._flush_due = 0.0  # monotonic time of the next time-based write
         self.run: Run | None = None
         self._resume_id: str | None = None
         self._losses: list[torch.Tensor] = []
@@ -159,6 +169,7 @@ class TrackingCallback(Callback):
             self.run = self.store.start_run(self.run_name, params=params, tags=self.tags, system=_torch_info(model))
         model.run_id = self.run.id
         self._losses, self._steps, self._step = [], [], 0
+        self._flush_due = time.monotonic() + self.flush_seconds
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
         self._epoch = epoch
@@ -171,8 +182,12 @@ class TrackingCallback(Callback):
         self._steps.append(step)
         if len(self._losses) >= self.flush_steps:
             self._flush_losses()
+        elif time.monotonic() >= self._flush_due:  # a long epoch: write now, which is also the run's heartbeat
+            self._flush_losses()
+            self.run.flush()
 
     def _flush_losses(self) -> None:
+        self._flush_due = time.monotonic() + self.flush_seconds
         if self.run is None or not self._losses:
             return
         values = torch.stack(self._losses).float().cpu().tolist()  # one sync for the whole buffer
