@@ -166,6 +166,39 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(handler=handler)
 
 
+def _store_gc(args: argparse.Namespace) -> int:
+    report = _open_store(args).gc(grace_seconds=args.grace, dry_run=args.dry_run)
+    verb = "would free" if report.dry_run else "freed"
+    print(
+        f"{verb} {report.blobs} unreferenced blob(s) and {report.temp_files} temp file(s): "
+        f"{report.bytes} bytes ({report.bytes / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def _add_store(sub: argparse._SubParsersAction) -> None:
+    store = sub.add_parser("store", help="maintain the store directory (gc)")
+    actions = store.add_subparsers(metavar="ACTION")
+    gc = actions.add_parser(
+        "gc",
+        help="remove blobs no version or run artifact references, and temp files left by crashed writers",
+        description="Delete blob files that no model version and no run artifact references (left by deleted "
+        "versions or interrupted publishes) and temp files left by crashed writers, when older than --grace "
+        "seconds. Prints how many files and bytes were freed. Live versions and artifacts are never touched.",
+    )
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="only files older than this (default 3600). It protects publishes in flight: use 0 only when no "
+        "process is writing to the store",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be freed")
+    _store_option(gc)
+    gc.set_defaults(handler=_store_gc)
+
+
 def _token(args: argparse.Namespace) -> str | None:
     import os
 
@@ -292,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_runs(sub)
     _add_models(sub)
+    _add_store(sub)
     _add_serve(sub)
     _add_predict(sub)
     return parser

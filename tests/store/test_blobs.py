@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from kiln.errors import IntegrityError
-from kiln.store import Blob, Store
+from kiln.errors import ConfigError, IntegrityError
+from kiln.store import Blob, GcReport, Store
 
 
 @pytest.mark.parametrize("pattern", ["plain", "stable", "stable-then-plain", "plain-then-stable"])
@@ -56,3 +57,33 @@ def test_read_refuses_wrong_size_and_missing(store: Store) -> None:
         store.blobs.read(Blob(stored.sha256, 4), label="f")
     with pytest.raises(IntegrityError, match="is missing"):
         store.blobs.read(Blob("0" * 64, 3), label="f")
+
+
+def _age(path: Path, seconds: float = 7200) -> None:
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_gc_dry_run_reports_what_gc_then_frees(store: Store, tmp_path: Path) -> None:
+    (tmp_path / "w.bin").write_bytes(b"live weights")
+    live = store.register("m", {"w.bin": tmp_path / "w.bin"})
+    orphan = store.blobs.put_file(__file__)  # stored, then never referenced (a publish that died before commit)
+    blob = orphan.commit()
+    orphan.release()
+    crashed = store.blobs.tmp_dir / "blob-crashed.tmp"
+    crashed.write_bytes(b"x" * 1000)
+    for path in [*store.blobs.blobs(), crashed]:
+        _age(path)
+    fresh = store.blobs.tmp_dir / "blob-writing.tmp"  # a writer in flight: inside the grace
+    fresh.write_bytes(b"y" * 10)
+
+    planned = store.gc(dry_run=True)
+    assert (planned.blobs, planned.temp_files, planned.bytes, planned.dry_run) == (1, 1, blob.size + 1000, True)
+    assert store.blobs.path(blob.sha256).exists() and crashed.exists()  # nothing removed
+    done = store.gc()
+    assert (done.blobs, done.temp_files, done.bytes, done.dry_run) == (1, 1, blob.size + 1000, False)
+    assert not store.blobs.path(blob.sha256).exists() and not crashed.exists() and fresh.exists()
+    assert store.gc() == GcReport(0, 0, 0)
+    assert bytes(store.read(live, "w.bin")) == b"live weights" and store.verify().ok
+    with pytest.raises(ConfigError, match="grace_seconds must be a number >= 0"):
+        store.gc(grace_seconds=-1)

@@ -121,6 +121,49 @@ def test_cli_as_a_subprocess(filled: Store) -> None:
     assert done.returncode == 0 and "ok: 3 files" in done.stdout
 
 
+def _cli(*args: str, store: Store) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KILN_HOME": str(store.path), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "kiln.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_store_gc_frees_unreferenced_blobs(filled: Store, tmp_path: Path) -> None:
+    (tmp_path / "orphan.bin").write_bytes(b"o" * 4321)
+    writer = filled.blobs.put_file(tmp_path / "orphan.bin")  # stored but never referenced
+    orphan = filled.blobs.path(writer.commit().sha256)
+    writer.release()
+    old = time.time() - 7200
+    for path in filled.blobs.blobs():
+        os.utime(path, (old, old))
+    young = filled.blobs.tmp_dir / "blob-young.tmp"  # a write in flight, inside the default grace
+    young.write_bytes(b"y" * 100)
+
+    done = _cli("store", "gc", "--dry-run", store=filled)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "would free 1 unreferenced blob(s) and 0 temp file(s): 4321 bytes (0.0 MB)"
+    assert orphan.exists()
+    done = _cli("store", "gc", store=filled)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "freed 1 unreferenced blob(s) and 0 temp file(s): 4321 bytes (0.0 MB)"
+    assert not orphan.exists() and young.exists()
+    done = _cli("store", "gc", "--grace", "0", "--store", str(filled.path), store=filled)
+    assert done.returncode == 0 and "freed 0 unreferenced blob(s) and 1 temp file(s): 100 bytes" in done.stdout
+    assert not young.exists()
+    assert _cli("models", "verify", store=filled).returncode == 0  # every live version is whole
+    assert filled.run(filled.run_id).status == "finished"  # type: ignore[attr-defined]
+
+
+def test_store_gc_help_and_errors(filled: Store) -> None:
+    done = _cli("store", "gc", "--help", store=filled)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "--grace SECONDS" in text and "--dry-run" in text and "no model version and no run artifact" in text
+    assert "temp files left by crashed writers" in text and "use 0 only when no process is writing" in text
+    done = _cli("store", "gc", "--grace", "-5", store=filled)
+    assert done.returncode == 2 and "grace_seconds must be a number >= 0" in done.stderr and "-5" in done.stderr
+
+
 def test_runs_silent_on_another_machine_are_shown_stale(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
     from kiln.store.runs import this_process
     from kiln.store.schema import runs

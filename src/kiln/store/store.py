@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -56,8 +57,12 @@ def default_path() -> Path:
 
 @dataclass(frozen=True)
 class GcReport:
+    """What :meth:`Store.gc` removed (or, with ``dry_run``, would remove): files and their total bytes."""
+
     blobs: int
     temp_files: int
+    bytes: int = 0
+    dry_run: bool = False
 
 
 class Store:
@@ -399,20 +404,49 @@ class Store:
 
         return load(reference, store=self, runtime=runtime)
 
-    def gc(self, *, grace_seconds: float = 3600.0) -> GcReport:
-        """Remove blobs nothing references and temp files left by crashed writers, both older than the grace."""
+    def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
+        """Remove blobs nothing references and temp files left by crashed writers, both older than the grace.
+
+        The grace protects writes in flight: a blob is stored before the row that references it is committed, and
+        a temp file is written while a file streams in. ``dry_run`` removes nothing and reports what would go.
+
+        Example:
+            >>> report = store.gc(grace_seconds=24 * 3600, dry_run=True)
+            >>> report.blobs, report.bytes
+            (3, 52110)
+        """
+        if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int | float) or not grace_seconds >= 0:
+            raise ConfigError(f"grace_seconds must be a number >= 0 (e.g. 3600); got {grace_seconds!r}.")
         cutoff = time.time() - grace_seconds
 
-        def sweep(connection: Connection) -> int:
-            keep = registry.referenced_digests(connection)
-            removed = 0
-            for path in list(self.blobs.blobs()):
-                if path.name not in keep and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            return removed
+        def old(paths: list[Path]) -> list[tuple[Path, int]]:
+            found = []
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another gc
+                    stat = path.stat()
+                    if stat.st_mtime < cutoff:
+                        found.append((path, stat.st_size))
+            return found
 
-        return GcReport(self.database.write(sweep), self.blobs.clean_tmp(older_than=grace_seconds))
+        def removed(found: list[tuple[Path, int]]) -> list[int]:
+            sizes = []
+            for path, size in found:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    sizes.append(size)
+            return sizes
+
+        def sweep(connection: Connection) -> list[int]:
+            keep = registry.referenced_digests(connection)
+            found = old([path for path in self.blobs.blobs() if path.name not in keep])
+            return [size for _, size in found] if dry_run else removed(found)
+
+        # Under the write lock, so no publish can reference a blob between the check and the unlink.
+        blobs = self.database.read(sweep) if dry_run else self.database.write(sweep)
+        tmp = self.blobs.tmp_dir
+        found = old(sorted(tmp.glob("*.tmp")) if tmp.exists() else [])
+        temp = [size for _, size in found] if dry_run else removed(found)
+        return GcReport(len(blobs), len(temp), sum(blobs) + sum(temp), dry_run)
 
 
 def _check_stale_after(seconds: float) -> None:
