@@ -182,8 +182,8 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
     gc = actions.add_parser(
         "gc",
         help="remove blobs no version or run artifact references, and temp files left by crashed writers",
-        description="Delete blob files that no model version and no run artifact references (left by deleted "
-        "versions or interrupted publishes) and temp files left by crashed writers, when older than --grace "
+        description="Delete blob files that no model version and no run artifact references (left by publishes or "
+        "deletes that were interrupted) and temp files left by crashed writers, when older than --grace "
         "seconds. Prints how many files and bytes were freed. Live versions and artifacts are never touched.",
     )
     gc.add_argument(
