@@ -273,16 +273,22 @@ class BlobStore:
         if self.root.exists():
             yield from (path for path in self.root.glob("*/*/*") if path.is_file())
 
-    def clean_tmp(self, *, older_than: float = 3600.0) -> int:
-        """Remove temp files left by crashed writers (older than ``older_than`` seconds); returns how many."""
-        removed = 0
+    def clean_tmp(self, *, older_than: float = 3600.0, dry_run: bool = False) -> tuple[int, int]:
+        """Remove temp files crashed writers left, older than ``older_than`` seconds; returns ``(files, bytes)``.
+
+        ``dry_run`` removes nothing and returns what would go.
+        """
+        files = size = 0
         cutoff = time.time() - older_than
-        for path in self.tmp_dir.glob("*.tmp") if self.tmp_dir.exists() else ():
-            with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-        return removed
+        for path in sorted(self.tmp_dir.glob("*.tmp")) if self.tmp_dir.exists() else ():
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile, e.g. by another gc
+                stat = path.stat()
+                if stat.st_mtime < cutoff:
+                    if not dry_run:
+                        path.unlink()
+                    files += 1
+                    size += stat.st_size
+        return files, size
 
     def unlink(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):

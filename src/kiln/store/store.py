@@ -419,34 +419,22 @@ class Store:
             raise ConfigError(f"grace_seconds must be a number >= 0 (e.g. 3600); got {grace_seconds!r}.")
         cutoff = time.time() - grace_seconds
 
-        def old(paths: list[Path]) -> list[tuple[Path, int]]:
-            found = []
-            for path in paths:
+        def sweep(connection: Connection) -> list[int]:
+            keep = registry.referenced_digests(connection)
+            sizes = []
+            for path in [path for path in self.blobs.blobs() if path.name not in keep]:
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another gc
                     stat = path.stat()
                     if stat.st_mtime < cutoff:
-                        found.append((path, stat.st_size))
-            return found
-
-        def removed(found: list[tuple[Path, int]]) -> list[int]:
-            sizes = []
-            for path, size in found:
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    sizes.append(size)
+                        if not dry_run:
+                            path.unlink()
+                        sizes.append(stat.st_size)
             return sizes
-
-        def sweep(connection: Connection) -> list[int]:
-            keep = registry.referenced_digests(connection)
-            found = old([path for path in self.blobs.blobs() if path.name not in keep])
-            return [size for _, size in found] if dry_run else removed(found)
 
         # Under the write lock, so no publish can reference a blob between the check and the unlink.
         blobs = self.database.read(sweep) if dry_run else self.database.write(sweep)
-        tmp = self.blobs.tmp_dir
-        found = old(sorted(tmp.glob("*.tmp")) if tmp.exists() else [])
-        temp = [size for _, size in found] if dry_run else removed(found)
-        return GcReport(len(blobs), len(temp), sum(blobs) + sum(temp), dry_run)
+        temp_files, temp_bytes = self.blobs.clean_tmp(older_than=grace_seconds, dry_run=dry_run)
+        return GcReport(len(blobs), temp_files, sum(blobs) + temp_bytes, dry_run)
 
 
 def _check_stale_after(seconds: float) -> None:
