@@ -165,7 +165,7 @@ def test_store_gc_help_and_errors(filled: Store) -> None:
 
 
 def test_runs_silent_on_another_machine_are_shown_stale(filled: Store, capsys: pytest.CaptureFixture[str]) -> None:
-    from kiln.store.runs import this_process
+    from kiln.store.liveness import this_process
     from kiln.store.schema import runs
 
     run = filled.start_run("remote")

@@ -18,7 +18,8 @@ import pytest
 
 from kiln.errors import ConfigError, InvalidNameError, StoreError
 from kiln.store import Store
-from kiln.store.runs import machine_key, mark_killed, this_process
+from kiln.store.liveness import machine_key, this_process
+from kiln.store.runs import mark_killed
 from kiln.store.schema import runs
 
 linux_only = pytest.mark.skipif(machine_key() is None, reason="pids are judged only where /proc tells (Linux)")

@@ -21,7 +21,7 @@ import kiln
 from kiln.data import ArrayDataset
 from kiln.export import register_module
 from kiln.store import Store
-from kiln.store.runs import machine_key
+from kiln.store.liveness import machine_key
 from kiln.train.tracking import TrackingCallback, fingerprint
 
 

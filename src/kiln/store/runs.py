@@ -4,8 +4,9 @@ A :class:`Run` buffers metric rows in memory and writes them in one transaction 
 ``flush_seconds`` have passed, or when asked, so logging a metric costs a list append, not a database write.
 
 Whether a run is really running. A run records the process that logs it (host name, a machine key, pid and the
-process's start time) and a heartbeat, the time of its last write (start, every metric flush, finish): no write of
-its own. When the store lists or shows runs, a "running" run is judged by :func:`reported_status`:
+process's start time; see :mod:`kiln.store.liveness`) and a heartbeat, the time of its last write (start, every metric
+flush, finish): no write of its own. When the store lists or shows runs, a "running" run is judged by
+:func:`reported_status`:
 
 - its process is checkable from here (Linux, same host, same kernel boot and pid namespace): when that pid is gone,
   a zombie, or now a different process (another start time), the run is "killed", and recorded so with its last
@@ -17,7 +18,6 @@ its own. When the store lists or shows runs, a "running" run is judged by :func:
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -37,6 +37,8 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError, NotFoundError, StoreError
 from .blobs import Blob
+from .database import Database
+from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, this_process
 from .names import check_file_name, check_name, check_run_id
 from .schema import metrics, run_artifacts, runs
 
@@ -45,17 +47,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "REPORTED_STATUSES",
-    "STALE_AFTER_SECONDS",
+    "STALE_AFTER_SECONDS",  # from .liveness, still importable from here
     "STATUSES",
     "MetricRow",
     "Run",
     "RunInfo",
     "git_commit",
     "jsonable",
-    "process_liveness",
+    "process_liveness",  # from .liveness
     "reported_status",
     "system_info",
-    "this_process",
+    "this_process",  # from .liveness
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,8 +66,6 @@ Status = Literal["running", "finished", "failed", "killed"]
 STATUSES: tuple[Status, ...] = ("running", "finished", "failed", "killed")  # what the store records
 # What listing reports: "stale" is a running run whose process cannot be checked and has been silent too long.
 REPORTED_STATUSES: tuple[str, ...] = (*STATUSES, "stale")
-STALE_AFTER_SECONDS = 1800.0  # a tracked fit writes at least every 30 s while steps run, and at each epoch end
-Liveness = Literal["alive", "dead", "unknown"]
 MetricRow = tuple[str, int, float, "int | None"]  # (key, step, value, epoch)
 
 
@@ -137,76 +137,12 @@ def system_info() -> dict[str, Any]:
     }
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def machine_key() -> str | None:
-    """Kernel boot id and pid namespace of this process: two processes with the same key see the same pids.
-
-    None where ``/proc`` does not tell (not Linux): there kiln never judges a pid, only heartbeats.
-    """
-    boot = _read_text("/proc/sys/kernel/random/boot_id")
-    try:
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-    return f"{boot}/{namespace}" if boot else None
-
-
-def _process_start(pid: int) -> int | None:
-    """When live process ``pid`` started (clock ticks after boot); None when there is no such process or a zombie."""
-    text = _read_text(f"/proc/{pid}/stat")
-    if text is None:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()  # the command name, in parentheses, may hold spaces
-    if fields[0] in ("Z", "X", "x"):  # exited, not yet reaped by its parent: dead all the same
-        return None
-    return int(fields[19])  # field 22 of proc_pid_stat(5); fields[0] is field 3
-
-
-def this_process() -> dict[str, Any]:
-    """Who logs a run: host name, :func:`machine_key`, pid and the process's start time (a reused pid differs)."""
-    pid = os.getpid()
-    key = machine_key()
-    return {
-        "host": socket.gethostname(),
-        "machine": key,
-        "pid": pid,
-        "started": _process_start(pid) if key is not None else None,
-    }
-
-
-def process_liveness(process: Mapping[str, Any] | None) -> Liveness:
-    """Whether ``process`` (a :func:`this_process` record) is "alive" or "dead", or "unknown" if not checkable here."""
-    if not isinstance(process, Mapping):
-        return "unknown"
-    pid, started, key = process.get("pid"), process.get("started"), process.get("machine")
-    if not isinstance(pid, int) or not isinstance(started, int) or key is None:
-        return "unknown"
-    if key != machine_key() or process.get("host") != socket.gethostname():
-        return "unknown"
-    try:
-        now_started = _process_start(pid)
-    except (IndexError, ValueError):  # a /proc entry kiln cannot parse: do not guess
-        return "unknown"
-    return "alive" if now_started == started else "dead"
-
-
 def reported_status(row: Any, *, now: float, stale_after: float = STALE_AFTER_SECONDS) -> str:
     """The status to report for a ``runs`` row: recorded, except for "running" (see the module docstring)."""
     if row.status != "running":
         return str(row.status)
-    liveness = process_liveness(row.process)
-    if liveness != "unknown":
-        return "running" if liveness == "alive" else "killed"
     last = row.heartbeat if row.heartbeat is not None else row.start_time
-    return "stale" if now - last > stale_after else "running"
+    return running_status(row.process, last_write=last, now=now, stale_after=stale_after)
 
 
 def dead_runs(connection: Connection) -> dict[str, Any]:
@@ -230,6 +166,17 @@ def mark_killed(connection: Connection, dead: Mapping[str, Any]) -> list[str]:
     if killed:
         logger.info("recorded %d run(s) as killed: their process is gone (%s)", len(killed), ", ".join(killed))
     return killed
+
+
+def record_dead_runs(database: Database) -> None:
+    """Record "killed" for running runs whose process is provably gone; one read when there are none."""
+    dead = database.read(dead_runs)
+    if not dead:
+        return
+    try:
+        database.write(lambda connection: mark_killed(connection, dead))
+    except StoreError as error:  # e.g. a read-only store: they are still reported "killed", just not recorded
+        logger.warning("could not record %d dead run(s) as killed: %s", len(dead), error)
 
 
 def _check_key(key: object) -> str:
@@ -259,6 +206,17 @@ def new_run(
         )
     )
     return run_id
+
+
+def reopen_run(connection: Connection, run_id: str) -> tuple[str, str]:
+    """Set a run (``run_id`` or a unique prefix) "running" again as this process's; returns its full id and name."""
+    full = find_run_id(connection, run_id)
+    connection.execute(
+        runs.update()
+        .where(runs.c.id == full)
+        .values(status="running", end_time=None, process=this_process(), heartbeat=time.time())
+    )
+    return full, connection.execute(sa.select(runs.c.name).where(runs.c.id == full)).scalar_one()
 
 
 def find_run_id(connection: Connection, run_id: str) -> str:
@@ -348,6 +306,25 @@ def run_infos(
             )
         )
     return infos
+
+
+def list_runs(
+    connection: Connection, *, name: str | None, status: str | None, limit: int, now: float, stale_after: float
+) -> list[RunInfo]:
+    """Runs, newest first, at most ``limit``: those called ``name`` and reported with ``status``, when given."""
+    query = sa.select(runs).order_by(runs.c.start_time.desc())
+    if name is not None:
+        query = query.where(runs.c.name == name)
+    if status in ("running", "stale"):  # the two split by liveness, below; running runs are few
+        query = query.where(runs.c.status == "running")
+    elif status is not None:
+        query = query.where(runs.c.status == status).limit(limit)
+    else:
+        query = query.limit(limit)
+    rows = connection.execute(query).all()
+    if status in ("running", "stale"):
+        rows = [row for row in rows if reported_status(row, now=now, stale_after=stale_after) == status]
+    return run_infos(connection, rows[:limit], now=now, stale_after=stale_after)
 
 
 class Run:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import time
@@ -21,31 +20,28 @@ from . import registry
 from .blobs import Blob, BlobStore, BlobWriter
 from .content import check_package_file, head_of, read_head
 from .database import Database
+from .liveness import STALE_AFTER_SECONDS, check_stale_after
 from .manifest import MANIFEST, read_manifest
 from .names import check_file_name, check_name
 from .registry import AliasMove, ModelSummary, ModelVersion
 from .runs import (
     REPORTED_STATUSES,
-    STALE_AFTER_SECONDS,
     Run,
     RunInfo,
     check_artifact,
-    dead_runs,
     find_run_id,
     jsonable,
-    mark_killed,
+    list_runs,
     new_run,
-    reported_status,
+    record_dead_runs,
+    reopen_run,
     run_infos,
     system_info,
-    this_process,
 )
 from .schema import metrics, migrate, run_artifacts, runs
 from .verify import VerifyReport, verify_versions
 
 __all__ = ["GcReport", "Store", "default_path"]
-
-logger = logging.getLogger(__name__)
 
 FileSource = str | os.PathLike[str] | BlobWriter
 
@@ -130,16 +126,7 @@ class Store:
     def resume_run(self, run_id: str, *, flush_rows: int = 2000, flush_seconds: float = 15.0) -> Run:
         """Reopen a run (status back to "running") to keep logging into it, e.g. when training resumes."""
 
-        def reopen(connection: Connection) -> tuple[str, str]:
-            full = find_run_id(connection, run_id)
-            connection.execute(
-                runs.update()
-                .where(runs.c.id == full)
-                .values(status="running", end_time=None, process=this_process(), heartbeat=time.time())
-            )
-            return full, connection.execute(sa.select(runs.c.name).where(runs.c.id == full)).scalar_one()
-
-        full, name = self.database.write(reopen)
+        full, name = self.database.write(lambda connection: reopen_run(connection, run_id))
         return Run(self, full, name, flush_rows=flush_rows, flush_seconds=flush_seconds)
 
     def run(self, run_id: str, *, stale_after: float = STALE_AFTER_SECONDS) -> RunInfo:
@@ -147,8 +134,8 @@ class Store:
 
         Its status is the truth as far as it can be known: see :meth:`runs`.
         """
-        _check_stale_after(stale_after)
-        self._record_dead_runs()
+        check_stale_after(stale_after)
+        record_dead_runs(self.database)
 
         def read(connection: Connection) -> RunInfo:
             row = connection.execute(sa.select(runs).where(runs.c.id == find_run_id(connection, run_id))).one()
@@ -176,37 +163,16 @@ class Store:
         """
         if status is not None and status not in REPORTED_STATUSES:
             raise ConfigError(f"status must be one of {', '.join(REPORTED_STATUSES)}; got {status!r}.")
-        _check_stale_after(stale_after)
+        check_stale_after(stale_after)
         count = max(int(limit), 1)
-        query = sa.select(runs).order_by(runs.c.start_time.desc())
-        if name is not None:
-            query = query.where(runs.c.name == check_name(name, what="run name"))
-        if status in ("running", "stale"):  # the two split by liveness, below; running runs are few
-            query = query.where(runs.c.status == "running")
-        elif status is not None:
-            query = query.where(runs.c.status == status).limit(count)
-        else:
-            query = query.limit(count)
-        self._record_dead_runs()
+        name = check_name(name, what="run name") if name is not None else None
+        record_dead_runs(self.database)
         now = time.time()
-
-        def read(connection: Connection) -> list[RunInfo]:
-            rows = connection.execute(query).all()
-            if status in ("running", "stale"):
-                rows = [row for row in rows if reported_status(row, now=now, stale_after=stale_after) == status]
-            return run_infos(connection, rows[:count], now=now, stale_after=stale_after)
-
-        return self.database.read(read)
-
-    def _record_dead_runs(self) -> None:
-        """Record "killed" for running runs whose process is provably gone; one read when there are none."""
-        dead = self.database.read(dead_runs)
-        if not dead:
-            return
-        try:
-            self.database.write(lambda connection: mark_killed(connection, dead))
-        except StoreError as error:  # e.g. a read-only store: they are still reported "killed", just not recorded
-            logger.warning("could not record %d dead run(s) as killed: %s", len(dead), error)
+        return self.database.read(
+            lambda connection: list_runs(
+                connection, name=name, status=status, limit=count, now=now, stale_after=stale_after
+            )
+        )
 
     def metrics(self, run_id: str, key: str | None = None) -> dict[str, list[tuple[int, float]]]:
         """Every logged ``(step, value)`` of a run, per metric, in step order."""
@@ -435,11 +401,6 @@ class Store:
         blobs = self.database.read(sweep) if dry_run else self.database.write(sweep)
         temp_files, temp_bytes = self.blobs.clean_tmp(older_than=grace_seconds, dry_run=dry_run)
         return GcReport(len(blobs), temp_files, sum(blobs) + temp_bytes, dry_run)
-
-
-def _check_stale_after(seconds: float) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds < math.inf:
-        raise ConfigError(f"stale_after must be a positive number of seconds (e.g. 1800); got {seconds!r}.")
 
 
 def _package_files(directory: str | os.PathLike[str]) -> dict[str, Path]:
