@@ -26,6 +26,7 @@ the network: a cross-check of the epoch pairs that includes each fit's setup and
 kiln:array-unfused (Adam without torch's fused step, as the hand-written loop builds it: kiln's loop alone; kiln's
 default builds named optimizers fused), and a preview of a change proposed for src/, tried from outside it:
 kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place of kiln's).
+pair:loop is the paired method's A/A calibration: the hand-written loop paired with itself.
 
 kiln runs with its defaults (device "auto", verbose "auto": one line per epoch when stdout is not a terminal).
 Every run is a fresh subprocess (train_overhead_run.py) with one torch thread (OMP_NUM_THREADS=1 and
@@ -82,6 +83,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from train_overhead_run import (  # noqa: E402
     ABBA_CONFIGS,
+    CALIBRATION_CONFIGS,
     MODELS,
     PAIR_CONFIGS,
     PEER_SCRIPTS,
@@ -110,12 +112,14 @@ EXTRA_CONFIGS = (
     "kiln:array-nodoctor",
     "kiln:loader-unfused",
     "kiln:array-unfused",
+    "kiln:loader-bare",
     "kiln:loader-quiet",
     "kiln:array-quiet",
     "lightning:bare",
     *PREVIEW_CONFIGS,
     *(c for c in PAIR_CONFIGS if c not in CONFIGS and c not in PREVIEW_CONFIGS),
     *ABBA_CONFIGS,
+    *CALIBRATION_CONFIGS,
 )
 # The transformer takes ~0.1 s a step on one thread, where loop overheads of tens of microseconds vanish: 2 timed
 # epochs (44 steps) measure it well and keep a 5-rep run near 20 minutes. The small models keep the harness' 14.
@@ -324,7 +328,7 @@ def paired_table(rows: list[dict[str, Any]], prefix: str = "pair:") -> str:
             if not runs:
                 continue
             ok = [r for r in runs if "cpu_ratios" in r]
-            label = config.replace(prefix, "kiln:")
+            label = "loop (A/A)" if config in CALIBRATION_CONFIGS else config.replace(prefix, "kiln:")
             if not ok:
                 lines.append(f"| {model} | {label} | 0 | FAILED: {runs[0].get('error')} | | | | | | |")
                 continue

@@ -6,6 +6,9 @@ one process trains two identical copies of the network: ``kiln.Model.fit`` train
 each kiln epoch trains the twin for one epoch with the hand-written loop over its own DataLoader. Neighbouring epochs
 see the same machine, so the ratio of their times is a far steadier measure of kiln's cost than a ratio of two runs.
 
+``pair:loop`` is the A/A calibration: the timed side is the same hand-written loop as the twin, so its ratio shows
+what the method itself reads where both sides do identical work (ideally 1.000).
+
 The kiln epoch is timed from the end of the twin's previous epoch to the end of kiln's epoch, so it includes all of
 kiln's work between epochs (logs, History, the progress display); the callback is the last one fit calls. The first
 epoch of each is warm-up. The result is one ``RESULT {json}`` line with the per-epoch ratios loop time ÷ kiln time
@@ -70,7 +73,18 @@ def run_paired(config: str, model: str, common: ModuleType, *, threads: int) -> 
             self.mark = done
 
     turns = TakeTurns()
-    fit_kiln(config, net, x_train, y_train, common, [turns])
+    if config == "kiln:loop":  # the A/A calibration: the timed side is the same hand-written loop as the twin
+        own_optimizer, own_loader = torch.optim.Adam(net.parameters(), lr=common.LR), M.loader(x_train, y_train)
+        for epoch in range(common.EPOCHS):
+            net.train()
+            for xb, yb in own_loader:
+                own_optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(net(xb), yb)
+                loss.backward()
+                own_optimizer.step()
+            turns.on_epoch_end(None, epoch, {})
+    else:
+        fit_kiln(config, net, x_train, y_train, common, [turns])
     steps = common.STEPS_PER_EPOCH
     result = {
         "framework": "pair",

@@ -48,6 +48,8 @@ OWN_CONFIGS: dict[str, dict[str, Any]] = {
     # the hand-written loop, which uses torch's default (foreach) Adam, measures kiln's loop alone
     "kiln:loader-unfused": {"data": "loader", "fused": False},
     "kiln:array-unfused": {"data": "array", "fused": False},
+    # everything optional off (no doctor, unfused Adam, verbose=0): what is left is the loop itself
+    "kiln:loader-bare": {"data": "loader", "doctor": False, "fused": False, "verbose": 0},
     # preview: a live bar whose redraw cost does not grow with the epoch count (train_overhead_preview.py)
     "kiln:array-tty-bar": {"data": "array", "tty": True, "verbose": 0, "bar": "preview"},
 }
@@ -55,6 +57,8 @@ TTY_CONFIGS = tuple(name for name, options in OWN_CONFIGS.items() if options.get
 # pair:<variant> trains kiln:<variant> and the hand-written loop in one process, epoch by epoch (see
 # train_overhead_paired.py)
 PAIR_CONFIGS = tuple(f"pair:{name.split(':')[1]}" for name in OWN_CONFIGS if name.startswith("kiln:"))
+# pair:loop: the paired method's A/A calibration, the hand-written loop paired with itself
+CALIBRATION_CONFIGS = ("pair:loop",)
 # abba:<variant>: whole fits of kiln:<variant> and of the loop alternating in one process (a cross-check of pair:)
 ABBA_CONFIGS = tuple(f"abba:{name.split(':')[1]}" for name in OWN_CONFIGS if name.startswith("kiln:"))
 
@@ -223,7 +227,8 @@ def run_own(config: str, model: str, common: ModuleType, *, threads: int) -> Non
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     peer_configs = [f"{fw}:{mode}" for fw, modes in PEER_MODES.items() for mode in modes]
-    parser.add_argument("--config", required=True, choices=[*OWN_CONFIGS, *PAIR_CONFIGS, *ABBA_CONFIGS, *peer_configs])
+    configs = [*OWN_CONFIGS, *PAIR_CONFIGS, *CALIBRATION_CONFIGS, *ABBA_CONFIGS, *peer_configs]
+    parser.add_argument("--config", required=True, choices=configs)
     parser.add_argument("--model", required=True, choices=MODELS)
     parser.add_argument("--peers", default=default_peers_dir(), help="the peers' harness folder (default: %(default)s)")
     parser.add_argument("--timed-epochs", type=int, default=None, help="timed epochs (default: the harness' 14)")
