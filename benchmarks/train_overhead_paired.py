@@ -46,13 +46,16 @@ def run_paired(config: str, model: str, common: ModuleType, *, threads: int) -> 
     twin_optimizer = torch.optim.Adam(twin.parameters(), lr=common.LR)
     twin_loader = M.loader(x_train, y_train)
 
-    def loop_epoch() -> None:
-        twin.train()
-        for xb, yb in twin_loader:
-            twin_optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(twin(xb), yb)
+    def hand_epoch(net: Any, optimizer: Any, loader: Any) -> None:
+        net.train()
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
             loss.backward()
-            twin_optimizer.step()
+            optimizer.step()
+
+    def loop_epoch() -> None:
+        hand_epoch(twin, twin_optimizer, twin_loader)
 
     class TakeTurns(kiln.Callback):
         """At the end of every kiln epoch: stop kiln's clock, run one twin epoch on its own clock, restart kiln's."""
@@ -76,12 +79,7 @@ def run_paired(config: str, model: str, common: ModuleType, *, threads: int) -> 
     if config == "kiln:loop":  # the A/A calibration: the timed side is the same hand-written loop as the twin
         own_optimizer, own_loader = torch.optim.Adam(net.parameters(), lr=common.LR), M.loader(x_train, y_train)
         for epoch in range(common.EPOCHS):
-            net.train()
-            for xb, yb in own_loader:
-                own_optimizer.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(net(xb), yb)
-                loss.backward()
-                own_optimizer.step()
+            hand_epoch(net, own_optimizer, own_loader)
             turns.on_epoch_end(None, epoch, {})
     else:
         fit_kiln(config, net, x_train, y_train, common, [turns])

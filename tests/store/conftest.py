@@ -16,6 +16,27 @@ from kiln.store import Store
 RunPython = Callable[..., subprocess.CompletedProcess]
 
 
+def start_together(commands: list[list[str]], *, timeout: float) -> list[tuple[int, str, str]]:
+    """Start every command, wait until each printed "ready", then send all of them "go" at once (no sleeps).
+
+    The children must print "ready" and read one line from stdin before their racing part. Returns each child's
+    (returncode, stdout, stderr) once they have all finished.
+    """
+    children = [
+        subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=os.environ.copy())
+        for command in commands
+    ]
+    for child in children:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    results = [child.communicate(timeout=timeout) for child in children]
+    return [(child.returncode, out, err) for child, (out, err) in zip(children, results, strict=True)]
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store(tmp_path / "store")

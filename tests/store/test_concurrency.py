@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from kiln.store import Store
+
+from .conftest import start_together
 
 PROCESSES, PUBLISHES = 8, 50
 
@@ -36,30 +36,15 @@ print(json.dumps(published), flush=True)
 
 def test_concurrent_publishers_get_gapless_versions(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    children = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(root), str(w), str(PUBLISHES)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ.copy(),
-        )
-        for w in range(PROCESSES)
-    ]
-    for child in children:
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.write("go\n")
-        child.stdin.flush()
-    results = [child.communicate(timeout=300) for child in children]
-    errors = [err for _, err in results]
-    assert [child.returncode for child in children] == [0] * PROCESSES, errors
+    done = start_together(
+        [[sys.executable, "-c", CHILD, str(root), str(w), str(PUBLISHES)] for w in range(PROCESSES)], timeout=300
+    )
+    errors = [err for _, _, err in done]
+    assert [code for code, _, _ in done] == [0] * PROCESSES, errors
     assert not any("locked" in err for err in errors), errors
 
     published: dict[int, str] = {}
-    for out, _ in results:
+    for _, out, _ in done:
         mine = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
         assert len(mine) == PUBLISHES
         assert not set(mine) & set(published), "two publishers got the same version"

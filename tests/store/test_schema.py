@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,6 +11,8 @@ import pytest
 
 from kiln.errors import StoreError
 from kiln.store import Store, default_path, schema
+
+from .conftest import start_together
 
 
 def test_import_does_not_pull_in_torch(run_python) -> None:
@@ -103,28 +103,9 @@ def test_version_1_store_is_upgraded_once_by_racing_openers(tmp_path: Path) -> N
         )
     _as_version_1(root)
 
-    openers = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, str(root)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=os.environ.copy(),
-        )
-        for _ in range(4)
-    ]
-    for opener in openers:
-        assert opener.stdout is not None and opener.stdout.readline().strip() == "ready"
-    for opener in openers:
-        assert opener.stdin is not None
-        opener.stdin.write("go\n")
-        opener.stdin.flush()
-    results = [opener.communicate(timeout=120) for opener in openers]
+    done = start_together([[sys.executable, "-c", OPENER, str(root)] for _ in range(4)], timeout=120)
     # A second ALTER TABLE would fail ("duplicate column name"): every opener succeeds and sees version 2.
-    assert [(o.returncode, out.strip()) for o, (out, _) in zip(openers, results, strict=True)] == [(0, "2")] * 4, [
-        err for _, err in results
-    ]
+    assert [(code, out.strip()) for code, out, _ in done] == [(0, "2")] * 4, [err for _, _, err in done]
 
     with sqlite3.connect(root / "kiln.db") as connection:
         rows = dict(connection.execute("SELECT name, heartbeat FROM runs").fetchall())
