@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -28,6 +29,46 @@ def test_digest_matches_bytes_whatever_the_write_pattern(store: Store, pattern: 
     assert path.relative_to(store.path).parts[:4] == ("blobs", "sha256", blob.sha256[:2], blob.sha256[2:4])
     assert path.stat().st_mode & 0o222 == 0  # read-only
     assert bytes(store.blobs.read(blob, label="test")) == whole
+
+
+def _large_blob_round_trip(store: Store) -> None:
+    # Page-aligned large stable writes go around the page cache (O_DIRECT) where the file system allows it, their
+    # unaligned tails and everything else through it: the bytes on disk and the digest must not depend on the mix.
+    parts = [
+        (b"h" * 4096, False),  # a page of header: the next write starts page-aligned
+        (os.urandom((9 << 20) + 100), True),  # direct: 9 MiB (more than one bounce buffer), then a 100-byte tail
+        (os.urandom(5 << 20), True),  # starts unaligned (after the tail): through the page cache
+        (os.urandom(3000), False),
+    ]
+    writer = store.blobs.writer()
+    for data, stable in parts:
+        writer.write(data, stable=stable)
+    blob = writer.commit()
+    whole = b"".join(data for data, _ in parts)
+    assert blob == Blob(hashlib.sha256(whole).hexdigest(), len(whole))
+    assert store.blobs.path(blob.sha256).read_bytes() == whole
+    assert bytes(store.blobs.read(blob, label="test")) == whole
+
+
+def test_large_writes_around_the_page_cache_store_the_same_bytes(store: Store) -> None:
+    _large_blob_round_trip(store)
+    _large_blob_round_trip(store)  # the second writer reuses what the first learnt about the file system
+
+
+def test_a_file_system_that_refuses_o_direct_gets_the_page_cache(store: Store, monkeypatch) -> None:
+    # Injected, like the disk-full tests: this machine's file systems (ext4, and tmpfs on Linux >= 6.6) accept
+    # O_DIRECT, while some FUSE and older tmpfs mounts answer EINVAL when a file is opened with it.
+    real_open = os.open
+
+    def refusing_open(path, flags, *args):
+        if flags & getattr(os, "O_DIRECT", 0):
+            raise OSError(errno.EINVAL, "Invalid argument", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    _large_blob_round_trip(store)
+    assert not store.blobs.direct  # remembered: later writers go straight to the page cache
+    _large_blob_round_trip(store)
 
 
 def test_same_bytes_are_stored_once_and_a_spare_covers_a_concurrent_delete(store: Store) -> None:

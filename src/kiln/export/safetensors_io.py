@@ -30,6 +30,7 @@ _DTYPES: dict[str, torch.dtype] = {
 _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _MAX_HEADER = 100 << 20
 _ALIGN = 64
+_PAGE = 4096  # the data section starts here, and whole-page tensors come first: large writes can skip the page cache
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -55,9 +56,11 @@ def write_state_dict(
 ) -> None:
     """Stream ``tensors`` as a safetensors file into ``writer`` (the header, then each tensor's memory, uncopied).
 
-    The header is padded so the data starts 64-byte aligned, and tensors whose size is a multiple of 64 bytes come
-    first (then the rest by element size, largest first): read into a 64-byte aligned buffer, every large tensor is
-    as aligned as torch allocates it, and every tensor at least to its element size, so all load as zero-copy views.
+    The header is padded so the data starts at 4096 bytes, and tensors whose size is a multiple of 4096 bytes come
+    first, then those of a multiple of 64 (then the rest by element size, largest first). Read into a page-aligned
+    buffer, every large tensor is as aligned as torch allocates it, and every tensor at least to its element size, so
+    all load as zero-copy views; and written, the page-multiple tensors stay page-aligned in the file, which lets a
+    store write them around the page cache (see :class:`kiln.store.BlobWriter`).
 
     Example:
         >>> with store.blobs.writer() as writer:
@@ -72,7 +75,11 @@ def write_state_dict(
                 f"supported: {sorted(str(d) for d in _NAMES)}."
             )
         prepared.append((name, tensor.detach().to("cpu").contiguous()))
-    prepared.sort(key=lambda item: (_nbytes(item[1]) % _ALIGN != 0, -item[1].element_size(), item[0]))
+    def order(item: tuple[str, torch.Tensor]) -> tuple[bool, bool, int, str]:
+        size = _nbytes(item[1])
+        return size % _PAGE != 0, size % _ALIGN != 0, -item[1].element_size(), item[0]
+
+    prepared.sort(key=order)
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for name, tensor in prepared:
@@ -84,7 +91,7 @@ def write_state_dict(
         }
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-(8 + len(encoded)) % _ALIGN)  # spaces: the data section starts 64-byte aligned
+    encoded += b" " * (-(8 + len(encoded)) % _PAGE)  # spaces: the data section starts page-aligned
     writer.write(memoryview(struct.pack("<Q", len(encoded))))
     writer.write(memoryview(encoded))
     for _, tensor in prepared:  # `prepared` holds every tensor until the writer is finished: the data is stable

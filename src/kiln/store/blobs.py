@@ -28,6 +28,11 @@ from .names import check_sha256
 __all__ = ["Blob", "BlobStore", "BlobWriter", "hash_file", "read_verified"]
 
 _CHUNK = 1 << 20  # hash 1 MiB at a time while it is still in cache
+# Stable writes of at least _DIRECT_MIN bytes that start page-aligned in the file go around the page cache (O_DIRECT)
+# through a page-aligned bounce buffer of _BOUNCE bytes: see BlobWriter.write.
+_PAGE = 4096
+_DIRECT_MIN = 4 << 20
+_BOUNCE = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,41 @@ def hash_file(path: str | os.PathLike[str]) -> Blob:
     return Blob(digest.hexdigest(), size)
 
 
-def _write_all(handle: BinaryIO, view: memoryview) -> None:
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
     written = 0
-    while written < len(view):  # a raw write may be partial (e.g. past 2 GiB per call on Linux)
-        written += handle.write(view[written:]) or 0
+    while written < len(view):  # a write may be partial (e.g. past 2 GiB per call on Linux)
+        written += os.pwrite(fd, view[written:], offset + written)
+
+
+class _DirectFile:
+    """The same file opened a second time with O_DIRECT, written from a page-aligned bounce buffer.
+
+    Writing a large blob through the page cache first allocates a page for every 4 KiB and only then copies; the
+    fsync that follows writes them out again. With O_DIRECT the bytes go from the (cache-hot) bounce buffer to the
+    device, and the final fsync only has the file's metadata and the small buffered parts left to flush. On a VM
+    where fresh pages are dear this made a 101 MB register 4x faster than a plain safetensors save.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            self.bounce = mmap.mmap(-1, _BOUNCE)  # anonymous mappings are page-aligned, as O_DIRECT needs
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.view = memoryview(self.bounce)
+
+    def write(self, view: memoryview, offset: int) -> None:
+        """Write ``view`` (a multiple of the page size) at ``offset`` (page-aligned)."""
+        for start in range(0, len(view), _BOUNCE):
+            chunk = view[start : start + _BOUNCE]
+            self.view[: len(chunk)] = chunk
+            _pwrite_all(self.fd, self.view[: len(chunk)], offset + start)
+
+    def close(self) -> None:
+        self.view.release()
+        self.bounce.close()
+        os.close(self.fd)
 
 
 def read_verified(path: Path, blob: Blob, *, label: str) -> memoryview:
@@ -76,7 +112,13 @@ def read_verified(path: Path, blob: Blob, *, label: str) -> memoryview:
                 f"{label}: {path} has {actual} bytes, the manifest records {blob.size}; the file was modified after "
                 "it was published. Re-register the model; never edit files in a store or package."
             )
-        view = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) if actual else bytearray())
+        if actual:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+            # The hash reads every byte in order: ask for all of it now (large blobs are written around the page
+            # cache, so a load soon after a register reads from the device; page-by-page faults read it 3x slower).
+            with contextlib.suppress(AttributeError, OSError):
+                mapped.madvise(mmap.MADV_WILLNEED)
+        view = memoryview(mapped if actual else bytearray())
     digest = hashlib.sha256(view).hexdigest()
     if digest != blob.sha256:
         raise IntegrityError(
@@ -105,6 +147,7 @@ class BlobWriter:
         self._hasher: ThreadPoolExecutor | None = None  # hashes stable data beside the writes (see write)
         self._hashed: list[Future[None]] = []
         self._size = 0
+        self._direct: _DirectFile | None = None  # opened on the first write that can go around the page cache
         self._finished: Blob | None = None
         self.blob: Blob | None = None
         # When the blob already existed, the temp file is kept until the publish commits: if a concurrent delete
@@ -116,20 +159,39 @@ class BlobWriter:
 
         ``stable=True`` promises that ``data`` stays unchanged until :meth:`finish`: it is then hashed on a
         worker thread while this one writes and fsyncs, so a large blob costs about max(hash, write + fsync)
-        rather than their sum (the write mostly waits on the kernel, the hash on the CPU).
+        rather than their sum (the write mostly waits on the kernel, the hash on the CPU). Stable data of at least
+        4 MiB that starts page-aligned in the file is written with O_DIRECT (its whole pages; the tail through the
+        page cache), where the file system allows it.
         """
         view = memoryview(data).cast("B")
+        fd, offset = self._file.fileno(), self._size
         if stable or self._hasher is not None:
             if self._hasher is None:
                 self._hasher = ThreadPoolExecutor(1, thread_name_prefix="kiln-blob-hash")  # one worker: in order
             self._hashed.append(self._hasher.submit(self._digest.update, view if stable else bytes(view)))
-            _write_all(self._file, view)
+            direct = len(view) - len(view) % _PAGE if stable and len(view) >= _DIRECT_MIN else 0
+            if direct and offset % _PAGE == 0 and self._write_direct(view[:direct], offset):
+                view, offset = view[direct:], offset + direct
+            _pwrite_all(fd, view, offset)
         else:
             for start in range(0, len(view), _CHUNK):  # hash each chunk while it is still in cache
                 chunk = view[start : start + _CHUNK]
                 self._digest.update(chunk)
-                _write_all(self._file, chunk)
-        self._size += len(view)
+                _pwrite_all(fd, chunk, offset + start)
+        self._size = offset + len(view)
+
+    def _write_direct(self, view: memoryview, offset: int) -> bool:
+        """Write ``view`` around the page cache; False (and buffered writes from then on) where that is refused."""
+        if not self._blobs.direct:
+            return False
+        try:
+            if self._direct is None:
+                self._direct = _DirectFile(self._path)
+            self._direct.write(view, offset)
+            return True
+        except OSError:  # no O_DIRECT here (tmpfs, some network file systems): the page cache it is
+            self._blobs.direct = False
+            return False
 
     @property
     def size(self) -> int:
@@ -139,7 +201,8 @@ class BlobWriter:
         """Flush and fsync the temp file; the digest is final (the blob has no address yet)."""
         if self._finished is None:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            os.fsync(self._file.fileno())  # one inode: also the size and blocks of what went around the cache
+            self._close_direct()
             self._file.close()
             self._stop_hasher()
             crash_point("blob:written")
@@ -170,6 +233,11 @@ class BlobWriter:
         self.blob = blob
         return blob
 
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+
     def _stop_hasher(self) -> None:
         if self._hasher is not None:
             for future in self._hashed:
@@ -181,6 +249,8 @@ class BlobWriter:
         """Close and remove the temp file; nothing is stored."""
         with contextlib.suppress(Exception):
             self._stop_hasher()
+        with contextlib.suppress(OSError):
+            self._close_direct()
         with contextlib.suppress(OSError):
             self._file.close()
         with contextlib.suppress(OSError):
@@ -209,6 +279,7 @@ class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs" / "sha256"
         self.tmp_dir = root / "tmp"
+        self.direct = hasattr(os, "O_DIRECT")  # large writes around the page cache, until the file system refuses
 
     def create(self) -> None:
         for directory in (self.root, self.tmp_dir):
