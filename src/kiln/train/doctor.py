@@ -18,13 +18,12 @@ from torch import nn
 
 from ..distributed import is_rank_zero
 from ..errors import ConfigError
+from .activations import ActivationWatch, _ForwardHook
 from .callbacks import Callback
 from .findings import (
-    _CHANNELS_FIRST,
     _RELUS,
     KINDS,
     Finding,
-    _dead_relu_finding,
     _exploding_finding,
     _Layer,
     _loss_spike_finding,
@@ -110,6 +109,7 @@ class GradientDoctor(Callback):
         self.findings: list[Finding] = []
         self.stats: dict[str, Any] = {}
         self._loaded = False
+        self._watch = ActivationWatch()  # forward hooks on the step of a look, forward order, dead ReLU streaks
         self._reset()
 
     def _reset(self) -> None:
@@ -120,9 +120,7 @@ class GradientDoctor(Callback):
         self._vanishing: set[str] | None = None
         self._vanishing_streak = 0
         self._nonfinite_streak = 0
-        self._fired: dict[str, torch.Tensor] = {}  # ReLU name -> units that fired on some look of the current streak
-        self._dead_streak: dict[str, int] = {}
-        self._dead_since: dict[str, int] = {}
+        self._watch.reset()
         self._first_look: int | None = None
         self._last_update_ratios: dict[str, float] = {}
         self._layers: list[_Layer] = []
@@ -130,23 +128,15 @@ class GradientDoctor(Callback):
         self._loss_steps: list[int] = []
         self._seen = 0
         self._next_event = 0
-        self._handles: list[Any] = []
-        self._recording_order = False
-        self._order: list[str] = []
-        self._alive: dict[str, torch.Tensor] = {}  # ReLU name -> (units,) bool: fired on some sample
-        self._modules_by_name: dict[str, nn.Module] = {}
         self._params: list[torch.Tensor] = []
         self._owners: list[int] = []
-        self._relus: list[tuple[nn.Module, Any]] = []
         self._pending_total: float | None = None
-        self._feeder: dict[str, str] = {}
         self._snapshot: list[torch.Tensor] | None = None
         self._snapshot_params: list[torch.Tensor] = []
         self._snapshot_owners: list[int] = []
         self._weight_norms: dict[int, float] = {}
         self._snapshot_step = -1
         self._spare: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (parameters, buffers) of a copy
-        self._hooks_enabled = False
 
     # ------------------------------------------------------------------ hooks of the loop
     def on_fit_start(self, model: Model) -> None:
@@ -165,26 +155,26 @@ class GradientDoctor(Callback):
             if params:
                 self._layers.append(_Layer(name or "(root)", module, params))
         self._root = root
-        self._modules_by_name = {layer.name: layer.module for layer in self._layers}
         self._params = [param for layer in self._layers for param in layer.params]
         self._owners = [index for index, layer in enumerate(self._layers) for _ in layer.params]
         for layer in self._layers:
             layer.order_hook = self._order_hook(layer.name)
-        self._relus = [
+        relus: list[tuple[nn.Module, _ForwardHook]] = [
             (module, self._relu_hook(name or "(root)"))
             for name, module in root.named_modules()
             if isinstance(module, _RELUS)
         ]
         self._seen = self._next_event = model.global_step
-        self._hooks_enabled = self.activations and model.fit_config.get("mode", "eager") != "graph"
+        hooks = self.activations and model.fit_config.get("mode", "eager") != "graph"
         if model.fit_config.get("strategy") == "fsdp":  # sharded parameters: per-layer norms would be per shard
             logger.info("the gradient doctor checks only the loss under strategy='fsdp'")
-            self._layers, self._relus, self._hooks_enabled, self._params, self._owners = [], [], False, [], []
+            self._layers, relus, hooks, self._params, self._owners = [], [], False, [], []
+        self._watch.attach(self._layers, relus, enabled=hooks)
 
     def on_epoch_start(self, model: Model, epoch: int) -> None:
         # Hooks for the first look go in here rather than in on_fit_start, after every callback's on_fit_start ran,
         # so that an averaging callback's deep copy of the module never carries them.
-        if self._hooks_enabled and not self._handles and self._is_look(model.global_step):
+        if self._watch.enabled and not self._watch.installed and self._is_look(model.global_step):
             self._install_hooks()
 
     def on_before_optimizer_step(self, model: Model, step: int) -> None:
@@ -200,12 +190,12 @@ class GradientDoctor(Callback):
             return
         if self._snapshot is not None and step > self._snapshot_step:
             self._after_look(model)
-        if self._hooks_enabled and not self._handles and self._is_look(step):
+        if self._watch.enabled and not self._watch.installed and self._is_look(step):
             self._install_hooks()
         self._next_event = self._next_look(step + 1)
 
     def on_fit_end(self, model: Model) -> None:
-        self._remove_hooks()
+        self._watch.remove()
         self._snapshot, self._spare = None, None
         self._check_losses(model)
 
@@ -218,50 +208,19 @@ class GradientDoctor(Callback):
         return min([-(-step // self.every) * self.every, *candidates])
 
     # ------------------------------------------------------------------ forward hooks (steps of a look only)
+    # ActivationWatch does the work; these stay so a subclass can wrap them (benchmarks/doctor_overhead.py times them).
     def _install_hooks(self) -> None:
-        self._alive = {}
-        if not self._order:  # the forward order (and which layer feeds each ReLU) is recorded on the first look
-            self._recording_order = True
-            for layer in self._layers:
-                self._handles.append(layer.module.register_forward_hook(layer.order_hook))
-        for module, hook in self._relus:
-            self._handles.append(module.register_forward_hook(hook))
+        self._watch.install()
 
-    def _remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        self._recording_order = False
+    def _order_hook(self, name: str) -> _ForwardHook:
+        return self._watch.order_hook(name)
 
-    def _order_hook(self, name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if module.training and name not in self._order:
-                self._order.append(name)
-
-        return hook
-
-    def _relu_hook(self, name: str) -> Any:
-        def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not module.training or not isinstance(output, torch.Tensor) or output.ndim < 2:
-                return
-            if self._recording_order and name not in self._feeder:
-                self._feeder[name] = self._order[-1] if self._order else ""
-            ndim = output.ndim
-            if ndim == 2:
-                dims: tuple[int, ...] = (0,)  # (B, F)
-            elif ndim >= 4 or isinstance(self._modules_by_name.get(self._feeder.get(name, "")), _CHANNELS_FIRST):
-                dims = (0, *range(2, ndim))  # (B, C, ...): a unit is a channel
-            else:
-                dims = tuple(range(ndim - 1))  # (B, T, F)
-            alive = output.detach().any(dim=dims)  # (units,) a unit fired on some sample (ReLU output is >= 0)
-            previous = self._alive.get(name)  # gradient accumulation: several forward passes make one step
-            self._alive[name] = alive if previous is None else previous | alive
-
-        return hook
+    def _relu_hook(self, name: str) -> _ForwardHook:
+        return self._watch.relu_hook(name)
 
     # ------------------------------------------------------------------ a look
     def _look(self, model: Model, step: int) -> None:
-        self._remove_hooks()
+        self._watch.remove()
         self._next_event = step + 1
         weights, owners = self._params, self._owners
         maybe = [param.grad for param in weights]
@@ -338,21 +297,6 @@ class GradientDoctor(Callback):
             if self._weight_norms.get(owner, 0.0) > 0
         }
 
-    def _forward_ranks(self) -> dict[str, float]:
-        """Position of each layer in the forward pass of the last look.
-
-        A layer whose own forward was not called (MultiheadAttention.out_proj) takes its parent's position; one never
-        seen at all (activations off, or graph mode) goes after them in registration order.
-        """
-        order = {name: float(position) for position, name in enumerate(self._order)}
-        ranks: dict[str, float] = {}
-        for index, layer in enumerate(self._layers):
-            parts = layer.name.split(".")
-            while ".".join(parts) not in order and len(parts) > 1:
-                parts.pop()
-            ranks[layer.name] = order.get(".".join(parts), len(order) + index)
-        return ranks
-
     # ------------------------------------------------------------------ checks
     def _check_nonfinite(
         self, model: Model, step: int, layer_norms: dict[int, float], weight_norms: dict[int, float]
@@ -364,7 +308,7 @@ class GradientDoctor(Callback):
         self._nonfinite_streak += 1
         if model.precision.scaler is not None and self._nonfinite_streak < 3:
             return True  # loss scaling overflows now and then by design; the scaler skips the step
-        ranks = self._forward_ranks()
+        ranks = self._watch.forward_ranks()
         bad.sort(key=lambda index: ranks[self._layers[index].name])
         bad_weights = [self._layers[index].name for index, norm in weight_norms.items() if not math.isfinite(norm)]
         if bad_weights and self._reported_nonfinite():
@@ -443,7 +387,7 @@ class GradientDoctor(Callback):
             self._vanishing, self._vanishing_streak = (low or None), (1 if low else 0)
         if self._vanishing_streak < self.patience or self._vanishing is None:
             return
-        ranks = self._forward_ranks()
+        ranks = self._watch.forward_ranks()
         names = sorted(self._vanishing, key=lambda name: ranks[name])
         norms = self.stats["grad_norms"]
         last = max(norms, key=lambda name: ranks[name])
@@ -453,32 +397,15 @@ class GradientDoctor(Callback):
         self._report(model, "vanishing", finding)
 
     def _check_dead(self, model: Model, step: int) -> None:
-        alive, self._alive = self._alive, {}
-        if not alive:
-            return
-        fired = torch.cat(list(alive.values())).tolist()  # one transfer and plain Python: a look runs on cold caches
-        start = 0
-        for name, mask in alive.items():
-            size = mask.numel()
-            count, start = size - sum(fired[start : start + size]), start + size
-            threshold = self.dead_fraction * size
-            union = self._fired.get(name)
-            if count >= threshold and self._dead_streak.get(name, 0) >= 1 and union is not None:
-                union = union | mask  # a unit is dead when it fired on none of the looks of the streak
-                dead = size - int(union.sum())
-                if dead >= threshold:
-                    self._fired[name], self._dead_streak[name] = union, self._dead_streak[name] + 1
-                    if self._dead_streak[name] >= self.patience:
-                        finding = self._dead_finding(model, step, name, dead, size, self._dead_streak[name])
-                        self._report(model, f"dead_relu:{name}", finding)
-                    continue
-            self._fired[name], self._dead_streak[name] = mask, int(count >= threshold)
-            self._dead_since[name] = step
-
-    def _dead_finding(self, model: Model, step: int, name: str, dead: int, size: int, streak: int) -> Finding:
-        feeder = next((layer for layer in self._layers if layer.name == self._feeder.get(name)), None)
-        since, first = self._dead_since.get(name), self._first_look
-        return _dead_relu_finding(step, name, dead, size, streak, feeder, since, first, self._remedies(model))
+        found = self._watch.check_dead(
+            step,
+            dead_fraction=self.dead_fraction,
+            patience=self.patience,
+            first_look=self._first_look,
+            remedies=lambda: self._remedies(model),
+        )
+        for name, finding in found:
+            self._report(model, f"dead_relu:{name}", finding)
 
     def _reported_nonfinite(self) -> bool:
         return any(key.startswith("nonfinite:") for key in self._reported)

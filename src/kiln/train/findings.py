@@ -1,7 +1,7 @@
 """What the gradient doctor reports: the kinds of finding, :class:`Finding`, and the evidence and remedies it prints.
 
 Everything here turns numbers the doctor measured into text. Deciding that something is wrong, and when, stays in
-:mod:`kiln.train.doctor`.
+:mod:`kiln.train.doctor` (and, for dead ReLU units, :mod:`kiln.train.activations`).
 """
 
 from __future__ import annotations
