@@ -73,9 +73,9 @@ def test_tutorial_trains_resumes_diagnoses_registers_and_serves(tutorial: Tutori
     accuracies = [float(value) for value in re.findall(r"test accuracy ([0-9.]+)", out)]
     assert len(accuracies) == 2 and min(accuracies) >= 0.9, out  # step 2's model and step 4's registered one
     assert "interrupted after step 25\n" in out and "resumed == uninterrupted: True\n" in out, out
-    # every 10 of the 4 x 21 steps, the newest 3 kept (a step checkpoint is never the last batch of an epoch)
     checkpoints = sorted(path.name for path in (tutorial.cwd / "ckpt").iterdir())
-    assert checkpoints == [f"ckpt-00000000{step}.safetensors" for step in (60, 70, 80)], checkpoints
+    # every 10 steps and the fit's end (step 84), the newest three kept
+    assert checkpoints == [f"ckpt-{step:010d}.safetensors" for step in (70, 80, 84)], checkpoints
     assert "kiln doctor: dead ReLU units in '0', '1'" in out and "dead_relu ['0', '1']" in out, out
     assert "findings after the fix: []\n" in out, out
     assert "registered digits@1, files ['manifest.json', 'model.onnx', 'spec.json', 'weights.safetensors']" in out
@@ -101,7 +101,7 @@ def test_tutorial_cli_lines_run_against_its_store(tutorial: Tutorial) -> None:
     assert "digits-mlp" in outputs["kiln runs list"] and "finished" in outputs["kiln runs list"]
     shown = outputs["kiln models show digits"]
     assert "production" in shown and "MLP on scikit-learn digits" in shown and "alias history" in shown
-    assert outputs["kiln models verify"].startswith("ok: 4 files (0.1 MB) in 1 versions match their SHA-256")
+    assert outputs["kiln models verify"].startswith("ok: 4 files (0.1 MB) in 1 version match their SHA-256")
 
 
 def test_tutorial_serve_step_answers_its_curl_requests(tutorial: Tutorial, tmp_path: Path) -> None:

@@ -119,7 +119,8 @@ def _models_verify(args: argparse.Namespace) -> int:
     from .store import tables
 
     report = _open_store(args).verify(args.reference)
-    summary = f"{report.files} files ({report.bytes / 1e6:.1f} MB) in {report.versions} versions"
+    versions = "1 version" if report.versions == 1 else f"{report.versions} versions"
+    summary = f"{report.files} files ({report.bytes / 1e6:.1f} MB) in {versions}"
     if report.ok:
         print(f"ok: {summary} match their SHA-256")
         return 0

@@ -61,6 +61,28 @@ def test_resume_in_process_is_bitwise_exact(tmp_path):
     assert len(list_checkpoints(tmp_path)) == 3  # keep_checkpoints default
 
 
+def test_a_finished_fit_run_again_with_resume_latest_trains_no_further(tmp_path):
+    # With a step interval that does not divide the run (36 steps, every 5), the fit's end is checkpointed too: the
+    # same line run again (a rerun of the script) restores the finished run instead of re-training its tail.
+    kwargs = {"epochs": 3, "batch_size": 8, "seed": 3, "verbose": 0, "checkpoint": tmp_path, "checkpoint_every": 5,
+              "resume": "latest"}
+    first = make_model()
+    expected = first.fit((X, Y), **kwargs)
+    assert latest_checkpoint(tmp_path).name == "ckpt-0000000036.safetensors"
+    seen: list[int] = []
+
+    class Steps(kiln.Callback):
+        def on_train_batch_end(self, model, step, loss):
+            seen.append(step)
+
+    again = make_model()
+    history = again.fit((X, Y), callbacks=[Steps()], **kwargs)
+    assert seen == [] and again.global_step == 36
+    assert history.history == expected.history
+    for a, b in zip(weights(first), weights(again), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_resume_latest_without_checkpoint_starts_fresh(tmp_path):
     model = make_model()
     model.fit((X, Y), epochs=1, batch_size=8, checkpoint=tmp_path, resume="latest", verbose=0)

@@ -129,7 +129,10 @@ class FitLoop:
                     logs["skipped_steps"] = float(self.skipped_steps)
                 for callback in hooks["on_epoch_end"]:
                     callback.on_epoch_end(model, epoch, logs)
-                if self.options.checkpoint is not None and self.options.checkpoint_every is None:
+                last_epoch = epoch + 1 == self.options.epochs or model.stop_training
+                if self.options.checkpoint is not None and (self.options.checkpoint_every is None or last_epoch):
+                    # Every epoch's end with checkpoint_every="epoch"; with a step interval, the end of the fit too,
+                    # so running the same fit(..., resume="latest") line again finds the run finished.
                     self.save(epoch + 1, 0, [])
                 if model.stop_training:
                     break
