@@ -144,12 +144,13 @@ class EarlyStopping(Callback):
         self.patience, self.restore_best = patience, restore_best
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self.best_epoch: int | None = None
         self._best_state: dict[str, Any] | None = None
 
     def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
         value = self._monitor.value(logs)
         if self._monitor.improved(value):
-            self._monitor.best, self.wait = value, 0
+            self._monitor.best, self.wait, self.best_epoch = value, 0, epoch
             if self.restore_best:
                 self._best_state = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
             return
@@ -161,6 +162,7 @@ class EarlyStopping(Callback):
     def on_fit_end(self, model: Model) -> None:
         if self.restore_best and self._best_state is not None and self.stopped_epoch is not None:
             model.module.load_state_dict(self._best_state)
+            model.weights_epoch = self.best_epoch  # register then records that epoch's metrics, not the last one's
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self._monitor.best, "wait": self.wait}

@@ -123,6 +123,7 @@ class Model:
         self.train_data: Any = None
         self.train_loader: Loader | None = None
         self.example_input: Any = None  # one input batch of the last fit: fixes the signature on register
+        self.weights_epoch: int | None = None  # the epoch whose end the weights are from, when not the last one
         self._graph: Any = None  # the torch.compile wrapper of module, built on first use
 
     def _use_fused_kernels(self, loss: Any, *, force: bool) -> None:
@@ -232,7 +233,7 @@ class Model:
         if world > 1 and distributed.is_rank_zero():
             logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
                         batch_size, batch_size * world * accumulate)
-        self.history = History()
+        self.history, self.weights_epoch = History(), None
         self.train_data, self.train_loader, self.example_input = data, loader, _first_input(data)
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
@@ -393,7 +394,12 @@ class Model:
                               "kiln can take a row from.")
         metrics = options.pop("metrics", None)
         if metrics is None and self.history is not None:
-            metrics = {k: v[-1] for k, v in self.history.history.items() if k != "lr" and v}
+            logs, epochs = self.history.history, self.history.epochs
+            if self.weights_epoch in epochs:  # the weights are an earlier epoch's (EarlyStopping(restore_best=True))
+                row = epochs.index(self.weights_epoch)
+                metrics = {k: v[row] for k, v in logs.items() if k != "lr" and len(v) == len(epochs)}
+            else:
+                metrics = {k: v[-1] for k, v in logs.items() if k != "lr" and v}
         return register_module(self.inference_module, name, store=store if store is not None else self.store,
                                example_input=example, metrics=metrics, run_id=self.run_id,
                                data_fingerprint=self.data_fingerprint, **options)
