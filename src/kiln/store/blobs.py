@@ -68,7 +68,7 @@ class _DirectFile:
     Writing a large blob through the page cache first allocates a page for every 4 KiB and only then copies; the
     fsync that follows writes them out again. With O_DIRECT the bytes go from the (cache-hot) bounce buffer to the
     device, and the final fsync only has the file's metadata and the small buffered parts left to flush. On a VM
-    where fresh pages are dear this made a 101 MB register 4x faster than a plain safetensors save.
+    where fresh pages are dear this made registering a 101 MB model 2-4x faster than a plain safetensors save.
     """
 
     def __init__(self, path: Path) -> None:
