@@ -33,6 +33,7 @@ from .findings import (
     _run_remedies,
     _vanishing_finding,
 )
+from .updates import UpdateMeter
 
 if TYPE_CHECKING:
     from .model import Model
@@ -40,10 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["KINDS", "Finding", "GradientDoctor"]
 
 logger = logging.getLogger("kiln.doctor")
-
-# Weight copies for the update/weight ratio are kept between looks up to this size: allocating them anew costs a
-# small model more than the copy itself (fresh pages), while a large model should not hold a second copy of itself.
-_KEEP_SNAPSHOT_BYTES = 64 * 2**20
 
 
 class GradientDoctor(Callback):
@@ -131,12 +128,8 @@ class GradientDoctor(Callback):
         self._params: list[torch.Tensor] = []
         self._owners: list[int] = []
         self._pending_total: float | None = None
-        self._snapshot: list[torch.Tensor] | None = None
-        self._snapshot_params: list[torch.Tensor] = []
-        self._snapshot_owners: list[int] = []
+        self._updates = UpdateMeter()
         self._weight_norms: dict[int, float] = {}
-        self._snapshot_step = -1
-        self._spare: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None  # (parameters, buffers) of a copy
 
     # ------------------------------------------------------------------ hooks of the loop
     def on_fit_start(self, model: Model) -> None:
@@ -188,7 +181,7 @@ class GradientDoctor(Callback):
         self._seen = step
         if step < self._next_event:
             return
-        if self._snapshot is not None and step > self._snapshot_step:
+        if self._updates.pending and step > self._updates.step:
             self._after_look(model)
         if self._watch.enabled and not self._watch.installed and self._is_look(step):
             self._install_hooks()
@@ -196,7 +189,7 @@ class GradientDoctor(Callback):
 
     def on_fit_end(self, model: Model) -> None:
         self._watch.remove()
-        self._snapshot, self._spare = None, None
+        self._updates.clear()
         self._check_losses(model)
 
     # ------------------------------------------------------------------ sampling
@@ -235,14 +228,12 @@ class GradientDoctor(Callback):
             self._first_look = step
         with torch.no_grad():
             norms = torch.stack(torch._foreach_norm([*grads, *weights])).tolist()  # one transfer for all of them
-            self._snapshot = self._copy(weights)
-        self._snapshot_step = step
+        self._updates.start(weights, owners, step)
         grad_sq: dict[int, float] = {}
         weight_sq: dict[int, float] = {}
         for owner, grad_norm, weight_norm in zip(owners, norms[: len(owners)], norms[len(owners) :], strict=True):
             grad_sq[owner] = grad_sq.get(owner, 0.0) + grad_norm**2
             weight_sq[owner] = weight_sq.get(owner, 0.0) + weight_norm**2
-        self._snapshot_params, self._snapshot_owners = weights, owners
         layer_norms = {index: math.sqrt(value) for index, value in grad_sq.items()}
         weight_norms = self._weight_norms = {index: math.sqrt(value) for index, value in weight_sq.items()}
         total = math.sqrt(sum(grad_sq.values()))
@@ -261,41 +252,16 @@ class GradientDoctor(Callback):
 
     def _after_look(self, model: Model) -> None:
         """After the step of a look: its update/weight ratios, and whether its gradient norm was exploding."""
-        self._finish_update_ratios()
+        ratios = self._updates.finish(self._weight_norms)
+        self.stats["update_ratios"] = self._last_update_ratios = {self._layers[i].name: r for i, r in ratios.items()}
         self._check_losses(model)  # includes the loss of the look's batch, the newest in the window
         total, self._pending_total = self._pending_total, None
         if total is None:
             return
         losses = list(self._loss_window)
         rising = len(losses) > 1 and losses[-1] >= statistics.median(losses[:-1])
-        if not self._check_exploding(model, self._snapshot_step, total, rising):
+        if not self._check_exploding(model, self._updates.step, total, rising):
             self._healthy_norms.append(total)
-
-    def _copy(self, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-        """A copy of ``weights``, into the previous look's buffers where they fit (same parameter list)."""
-        spare, self._spare = self._spare, None
-        if spare is not None and spare[0] is weights:
-            torch._foreach_copy_(spare[1], weights)
-            return spare[1]
-        return list(torch._foreach_mul(weights, 1.0))
-
-    def _finish_update_ratios(self) -> None:
-        snapshot, self._snapshot = self._snapshot, None
-        assert snapshot is not None
-        with torch.no_grad():
-            torch._foreach_sub_(snapshot, self._snapshot_params)  # (old - new): the update, negated, in place
-            update_norms = torch.stack(torch._foreach_norm(snapshot)).tolist()
-        update_sq: dict[int, float] = {}
-        for owner, norm in zip(self._snapshot_owners, update_norms, strict=True):
-            update_sq[owner] = update_sq.get(owner, 0.0) + norm**2
-        if sum(t.numel() * t.element_size() for t in snapshot) <= _KEEP_SNAPSHOT_BYTES:
-            self._spare = (self._snapshot_params, snapshot)  # the next look copies into these: no new allocation
-        self._snapshot_params = []
-        self.stats["update_ratios"] = self._last_update_ratios = {
-            self._layers[owner].name: math.sqrt(value) / self._weight_norms[owner]
-            for owner, value in update_sq.items()
-            if self._weight_norms.get(owner, 0.0) > 0
-        }
 
     # ------------------------------------------------------------------ checks
     def _check_nonfinite(
