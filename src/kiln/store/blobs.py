@@ -12,7 +12,7 @@ import mmap
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,7 @@ from .content import check_package_file, read_head
 from .faults import crash_point
 from .names import check_sha256
 
-__all__ = ["Blob", "BlobStore", "BlobWriter", "hash_file", "read_verified"]
+__all__ = ["Blob", "BlobStore", "BlobWriter", "hash_file", "read_verified", "remove_older"]
 
 _CHUNK = 1 << 20  # hash 1 MiB at a time while it is still in cache
 # Stable writes of at least _DIRECT_MIN bytes that start page-aligned in the file go around the page cache (O_DIRECT)
@@ -54,6 +54,22 @@ def hash_file(path: str | os.PathLike[str]) -> Blob:
             digest.update(view[:n])
             size += n
     return Blob(digest.hexdigest(), size)
+
+
+def remove_older(paths: Iterable[Path], *, cutoff: float, dry_run: bool = False) -> list[int]:
+    """Unlink the ``paths`` last modified before ``cutoff`` (unless ``dry_run``); returns the sizes of those files.
+
+    A file that disappears meanwhile (another gc) is skipped.
+    """
+    sizes = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            if stat.st_mtime < cutoff:
+                if not dry_run:
+                    path.unlink()
+                sizes.append(stat.st_size)
+    return sizes
 
 
 def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
@@ -349,17 +365,9 @@ class BlobStore:
 
         ``dry_run`` removes nothing and returns what would go.
         """
-        files = size = 0
-        cutoff = time.time() - older_than
-        for path in sorted(self.tmp_dir.glob("*.tmp")) if self.tmp_dir.exists() else ():
-            with contextlib.suppress(FileNotFoundError):  # removed meanwhile, e.g. by another gc
-                stat = path.stat()
-                if stat.st_mtime < cutoff:
-                    if not dry_run:
-                        path.unlink()
-                    files += 1
-                    size += stat.st_size
-        return files, size
+        paths = sorted(self.tmp_dir.glob("*.tmp")) if self.tmp_dir.exists() else []
+        sizes = remove_older(paths, cutoff=time.time() - older_than, dry_run=dry_run)
+        return len(sizes), sum(sizes)
 
     def unlink(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -137,12 +137,16 @@ def system_info() -> dict[str, Any]:
     }
 
 
+def last_sign_of_life(row: Any) -> float:
+    """When a ``runs`` row's process last wrote: its heartbeat, or its start for rows from before schema 2."""
+    return float(row.heartbeat if row.heartbeat is not None else row.start_time)
+
+
 def reported_status(row: Any, *, now: float, stale_after: float = STALE_AFTER_SECONDS) -> str:
     """The status to report for a ``runs`` row: recorded, except for "running" (see the module docstring)."""
     if row.status != "running":
         return str(row.status)
-    last = row.heartbeat if row.heartbeat is not None else row.start_time
-    return running_status(row.process, last_write=last, now=now, stale_after=stale_after)
+    return running_status(row.process, last_write=last_sign_of_life(row), now=now, stale_after=stale_after)
 
 
 def dead_runs(connection: Connection) -> dict[str, Any]:
@@ -160,7 +164,7 @@ def mark_killed(connection: Connection, dead: Mapping[str, Any]) -> list[str]:
     killed = []
     for row in connection.execute(query).all():
         if row.process == dead[row.id]:
-            end = row.heartbeat if row.heartbeat is not None else row.start_time
+            end = last_sign_of_life(row)
             connection.execute(runs.update().where(runs.c.id == row.id).values(status="killed", end_time=end))
             killed.append(row.id)
     if killed:
@@ -288,7 +292,7 @@ def run_infos(
         status = reported_status(row, now=now, stale_after=stale_after)
         end_time = row.end_time
         if end_time is None and status == "killed":  # found dead just now: it ended at its last sign of life
-            end_time = row.heartbeat if row.heartbeat is not None else row.start_time
+            end_time = last_sign_of_life(row)
         infos.append(
             RunInfo(
                 id=row.id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -17,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError, IntegrityError, NotFoundError, StoreError
 from . import registry
-from .blobs import Blob, BlobStore, BlobWriter
+from .blobs import Blob, BlobStore, BlobWriter, remove_older
 from .content import check_package_file, head_of, read_head
 from .database import Database
 from .liveness import STALE_AFTER_SECONDS, check_stale_after
@@ -387,15 +386,8 @@ class Store:
 
         def sweep(connection: Connection) -> list[int]:
             keep = registry.referenced_digests(connection)
-            sizes = []
-            for path in [path for path in self.blobs.blobs() if path.name not in keep]:
-                with contextlib.suppress(FileNotFoundError):  # removed meanwhile by another gc
-                    stat = path.stat()
-                    if stat.st_mtime < cutoff:
-                        if not dry_run:
-                            path.unlink()
-                        sizes.append(stat.st_size)
-            return sizes
+            unreferenced = [path for path in self.blobs.blobs() if path.name not in keep]
+            return remove_older(unreferenced, cutoff=cutoff, dry_run=dry_run)
 
         # Under the write lock, so no publish can reference a blob between the check and the unlink.
         blobs = self.database.read(sweep) if dry_run else self.database.write(sweep)
