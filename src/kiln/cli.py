@@ -39,6 +39,24 @@ def _store_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _trust_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--trust", action="append", default=[], metavar="MODULE",
+        help=f"trust the factory code of MODULE and its submodules {what} (repeatable; a package names a factory "
+        "that kiln imports only when trusted: kiln's own, a 'kiln.factories' entry point, or --trust)",
+    )  # fmt: skip
+
+
+def _print_trust(store: Any, versions: Any, trust: Sequence[str]) -> bool:
+    """Print each version's factory and whether it is trusted here; True when one is untrusted."""
+    from .export.trust import env_trust, version_trust
+
+    found = version_trust(store, versions, (*trust, *env_trust()))
+    for item in found:
+        print(item.describe())
+    return any(item.untrusted for item in found)
+
+
 def _open_store(args: argparse.Namespace) -> Any:
     from .store import Store
 
@@ -99,13 +117,16 @@ def _models_show(args: argparse.Namespace) -> int:
 
     store = _open_store(args)
     if "@" in args.reference:
-        _print(*tables.version_detail(store.version(args.reference)))
+        versions = [store.version(args.reference)]
+        _print(*tables.version_detail(versions[0]))
     else:
+        versions = store.versions(args.reference)
         moves = store.alias_history(args.reference)
         _print(
-            tables.version_table(args.reference, store.versions(args.reference)),
+            tables.version_table(args.reference, versions),
             *([tables.alias_table(args.reference, moves)] if moves else []),
         )
+    _print_trust(store, versions, args.trust)
     return 0
 
 
@@ -118,15 +139,21 @@ def _models_promote(args: argparse.Namespace) -> int:
 def _models_verify(args: argparse.Namespace) -> int:
     from .store import tables
 
-    report = _open_store(args).verify(args.reference)
+    store = _open_store(args)
+    report = store.verify(args.reference)
     versions = "1 version" if report.versions == 1 else f"{report.versions} versions"
     summary = f"{report.files} files ({report.bytes / 1e6:.1f} MB) in {versions}"
-    if report.ok:
-        print(f"ok: {summary} match their SHA-256")
-        return 0
-    _print(tables.verify_table(report))
-    print(f"FAILED: {len(report.problems)} problem(s) in {summary}", file=sys.stderr)
-    return 1
+    if not report.ok:
+        _print(tables.verify_table(report))
+        print(f"FAILED: {len(report.problems)} problem(s) in {summary}", file=sys.stderr)
+        return 1
+    print(f"ok: {summary} match their SHA-256")
+    # Integrity and trust are separate questions: an intact package with an untrusted factory is still intact.
+    untrusted = _print_trust(store, store.versions_for(args.reference), args.trust)
+    if untrusted and args.strict:
+        print("FAILED (--strict): a factory is untrusted here; trust it with --trust MODULE", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _models_delete(args: argparse.Namespace) -> int:
@@ -151,6 +178,9 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("alias")
     verify = actions.add_parser("verify", help="re-hash every blob and report tampering (exit status 1)")
     verify.add_argument("reference", nargs="?", default=None, help="a model or version (default: the whole store)")
+    verify.add_argument("--strict", action="store_true", help="also exit 1 when a version's factory is untrusted")
+    for parser in (show, verify):
+        _trust_option(parser, "when judging each version's factory")
     delete = actions.add_parser("delete", help="delete a version (NAME@VERSION) or, with --all, a whole model")
     delete.add_argument("reference", help="digits@3, digits@staging, or digits with --all")
     delete.add_argument("--all", action="store_true", help="delete every version of the model")
@@ -229,7 +259,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout, max_body_bytes=args.max_body_bytes, header_timeout_s=args.client_timeout,
         body_timeout_s=args.client_timeout, max_connections=args.max_connections, token=_token(args),
-        access_log=not args.no_access_log,
+        access_log=not args.no_access_log, trust=tuple(args.trust),
     )  # fmt: skip
     return serve(args.reference, store=args.store, config=config)
 
@@ -261,6 +291,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                         help="seconds a client has to send its headers, and its body (default 10)")  # fmt: skip
     parser.add_argument("--max-connections", type=int, default=2048, help="open connections (default 2048)")
     parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
+    _trust_option(parser, "(with the torch runtime; also KILN_TRUST=a,b)")
     _token_options(parser)
     parser.set_defaults(handler=_serve)
 
@@ -283,7 +314,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.local:
         from .serve.local import predict_local
 
-        outputs = predict_local(args.model, payload, store=args.store, runtime=args.runtime)
+        outputs = predict_local(args.model, payload, store=args.store, runtime=args.runtime, trust=args.trust)
     else:
         import httpx
 
@@ -310,6 +341,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     parser.add_argument("--local", action="store_true", help="load the model from the store instead of a server")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="with --local")
+    _trust_option(parser, "(with --local; also KILN_TRUST=a,b)")
     _store_option(parser)
     _token_options(parser)
     parser.set_defaults(handler=_predict)

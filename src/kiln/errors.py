@@ -17,6 +17,7 @@ __all__ = [
     "NotFoundError",
     "ShapeError",
     "StoreError",
+    "TrustError",
 ]
 
 
@@ -58,3 +59,11 @@ class InvalidNameError(StoreError, ValueError):
 
 class NotFoundError(StoreError, LookupError):
     """A model, version, alias or run that the store does not hold."""
+
+
+class TrustError(KilnError, PermissionError):
+    """A package names code (a factory module, an ONNX operator domain) that nothing trusts, so kiln will not run it.
+
+    The message names what was refused and how to trust it (``trust=[...]``, ``--trust``, ``KILN_TRUST``) or load
+    the package's ONNX graph instead (``runtime="onnx"``).
+    """

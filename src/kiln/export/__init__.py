@@ -8,7 +8,34 @@ Example:
 
 from __future__ import annotations
 
-from .loader import LoadedModel, load, load_package
-from .register import register_module, save_package
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real names, for type checkers; at run time __getattr__ imports them on first use
+    from .loader import LoadedModel, load, load_package
+    from .register import register_module, save_package
+
+# Imported on first use, like kiln's top level: the server's ONNX path uses kiln.export.trust and must not pay for
+# (or need) torch, which the loader and the package writer import.
+_EXPORTS = {
+    "LoadedModel": "kiln.export.loader",
+    "load": "kiln.export.loader",
+    "load_package": "kiln.export.loader",
+    "register_module": "kiln.export.register",
+    "save_package": "kiln.export.register",
+}
 
 __all__ = ["LoadedModel", "load", "load_package", "register_module", "save_package"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kiln.export' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

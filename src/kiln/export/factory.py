@@ -11,23 +11,21 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, IntegrityError
+from ..errors import ConfigError, IntegrityError, KilnError
+from .trust import FACTORY_PATTERN, check_factory, require_trusted
 
 __all__ = ["build_module", "check_rebuild", "factory_path", "load_weights", "resolve_config"]
-
-_FACTORY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.ASCII)
 
 
 def factory_path(factory: str | Callable[..., Any] | None, module: torch.nn.Module) -> str:
     """``"pkg.mod:name"`` for ``factory`` (a string, a class or a function), default the module's own class."""
     if isinstance(factory, str):
-        if not _FACTORY.fullmatch(factory):
+        if not FACTORY_PATTERN.fullmatch(factory):
             raise ConfigError(f"factory {factory!r} must look like 'package.module:function' (or ':Class').")
         return factory
     target = factory if factory is not None else type(module)
@@ -57,8 +55,7 @@ def resolve_config(module: torch.nn.Module, config: Mapping[str, Any] | None) ->
 
 
 def _import(path: str) -> Callable[..., Any]:
-    if not isinstance(path, str) or not _FACTORY.fullmatch(path):
-        raise IntegrityError(f"the package's factory {path!r} is not of the form 'package.module:function'.")
+    check_factory(path, label="factory")
     module_name, _, attribute = path.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
@@ -108,8 +105,27 @@ def check_rebuild(module: torch.nn.Module, path: str, config: Mapping[str, Any])
     )
 
 
-def load_weights(path: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """Build the module and give it ``state`` (assigned, not copied, when the meta build worked); eval mode."""
+def load_weights(
+    path: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, trust: Sequence[str], label: str
+) -> torch.nn.Module:
+    """Build the module and give it ``state`` (assigned, not copied, when the meta build worked); eval mode.
+
+    ``path`` comes from a package, so it is checked against ``trust`` (see :mod:`kiln.export.trust`) before it is
+    imported: an untrusted factory raises TrustError and nothing is imported or called.
+    """
+    check_factory(path, label=label)
+    require_trusted(path, trust, label=label)
+    try:
+        return _rebuild(path, config, state)
+    except KilnError:
+        raise
+    except Exception as error:  # a trusted factory given a config it rejects: the package is wrong, not kiln
+        raise IntegrityError(
+            f"{label}: rebuilding the module with {path}(**config) failed: {type(error).__name__}: {error}"
+        ) from error
+
+
+def _rebuild(path: str, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
     try:
         module, meta = build_module(path, config, meta=True), True
     except ConfigError:

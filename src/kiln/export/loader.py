@@ -7,7 +7,9 @@ is read, and judged by its bytes: a pickle or a zip archive is refused under any
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -17,13 +19,17 @@ from ..store import ModelVersion, Store
 from ..store.blobs import Blob, read_verified
 from ..store.content import check_package_file, read_head
 from ..store.manifest import FORMAT, MANIFEST, read_manifest
+from ..store.onnx_check import check_onnx
 from .factory import load_weights
 from .onnx_graph import make_session
 from .package import ONNX, SPEC, WEIGHTS
 from .register import as_store
 from .safetensors_io import read_state_dict
+from .trust import check_factory, check_trust, require_trusted, trusted_by
 
 __all__ = ["LoadedModel", "load", "load_package"]
+
+logger = logging.getLogger(__name__)
 
 Runtime = Literal["auto", "torch", "onnx"]
 
@@ -103,19 +109,23 @@ def load_package(
     *,
     store: Store | str | os.PathLike[str] | None = None,
     runtime: Runtime = "auto",
+    trust: Sequence[str] | None = None,
 ) -> LoadedModel:
     """Load ``reference`` (``"digits@production"`` from a store, or a package directory given as a Path).
 
-    A string is always a store reference, never a path. ``runtime="auto"`` picks torch when the package can
-    rebuild the module, else onnxruntime.
+    A string is always a store reference, never a path. The package's factory is imported only when it is trusted
+    (kiln's own, a ``kiln.factories`` entry point, or a module named in ``trust``; see :mod:`kiln.export.trust`).
+    ``runtime="auto"`` picks torch when the package has a trusted factory, else onnxruntime; ``runtime="torch"``
+    with an untrusted factory raises TrustError, saying how to trust it.
 
     Example:
-        >>> loaded = load_package("digits@production", store=".kiln")
+        >>> loaded = load_package("digits@production", store=".kiln", trust=["mynets"])
         >>> loaded.runtime, loaded.signature["inputs"][0]["shape"]
         ('torch', [None, 64])
     """
     if runtime not in ("auto", "torch", "onnx"):
         raise ConfigError(f"runtime must be 'auto', 'torch' or 'onnx'; got {runtime!r}.")
+    trusted = check_trust(trust)
     version: ModelVersion | None = None
     if isinstance(reference, str):
         opened = as_store(store, create=False)
@@ -126,21 +136,46 @@ def load_package(
     else:
         raise ConfigError(f"load takes a reference string ('digits@3') or a package Path; got {type(reference)}.")
     spec = _spec(files)
-    chosen = runtime if runtime != "auto" else ("torch" if spec.get("module") else "onnx")
+    factory = spec.get("module")
+    if factory is not None:
+        check_factory(factory, label=files.label)
+    chosen = runtime if runtime != "auto" else _auto_runtime(files, factory, trusted)
     if chosen == "torch":
-        if not spec.get("module"):
+        if not factory:
             raise NotFoundError(
                 f"{files.label} cannot be rebuilt by torch ({spec.get('torch_runtime')}); load it "
                 "with runtime='onnx', or register it again with factory= and config=."
             )
-        weights = files.read(WEIGHTS)
-        module = load_weights(spec["module"], spec["config"], read_state_dict(weights, label=f"{files.label} weights"))
+        require_trusted(factory, trusted, label=files.label)  # before a byte of weights is read
+        state = read_state_dict(files.read(WEIGHTS), label=f"{files.label} weights")
+        module = load_weights(factory, spec["config"], state, trust=trusted, label=files.label)
         return LoadedModel("torch", module, spec, version)
     if not files.has(ONNX):
-        raise NotFoundError(
-            f"{files.label} has no ONNX graph ({spec.get('onnx', {}).get('skipped')}); load it with runtime='torch'."
-        )
-    return LoadedModel("onnx", make_session(bytes(files.read(ONNX))), spec, version)
+        raise NotFoundError(f"{files.label} has no ONNX graph ({_skipped(spec)}); load it with runtime='torch'.")
+    graph = bytes(files.read(ONNX))
+    check_onnx(graph, label=files.label, trust=trusted)
+    return LoadedModel("onnx", make_session(graph), spec, version)
+
+
+def _skipped(spec: dict[str, Any]) -> Any:
+    onnx = spec.get("onnx")
+    return onnx.get("skipped") if isinstance(onnx, dict) else None
+
+
+def _auto_runtime(files: _Directory | _Stored, factory: str | None, trust: Sequence[str]) -> Literal["torch", "onnx"]:
+    """torch for a trusted factory; ONNX when the factory is untrusted and a graph is there (said once, logged)."""
+    if not factory:
+        return "onnx"
+    if trusted_by(factory, trust) is not None:
+        return "torch"
+    if files.has(ONNX):
+        logger.info(
+            "%s: its factory %r is not trusted here, so it is loaded with onnxruntime (pass trust=[...] to rebuild "
+            "it with torch)", files.label, factory,
+        )  # fmt: skip
+        return "onnx"
+    require_trusted(factory, trust, label=files.label)  # raises, with the ways to trust it
+    raise AssertionError("unreachable")
 
 
 def load(
@@ -148,11 +183,14 @@ def load(
     *,
     store: Store | str | os.PathLike[str] | None = None,
     runtime: Runtime = "auto",
+    trust: Sequence[str] | None = None,
 ) -> Any:
     """A ready model for ``reference``: a ``torch.nn.Module`` in eval mode, or an ``onnxruntime.InferenceSession``.
 
+    ``trust`` names the modules whose factories may be imported to rebuild the module (see :func:`load_package`).
+
     Example:
-        >>> module = kiln.export.load("digits@production", store=".kiln", runtime="torch")
+        >>> module = kiln.export.load("digits@production", store=".kiln", runtime="torch", trust=["mynets"])
         >>> module(torch.rand(4, 64)).argmax(-1)
     """
-    return load_package(reference, store=store, runtime=runtime).model
+    return load_package(reference, store=store, runtime=runtime, trust=trust).model

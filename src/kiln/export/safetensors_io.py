@@ -75,6 +75,7 @@ def write_state_dict(
                 f"supported: {sorted(str(d) for d in _NAMES)}."
             )
         prepared.append((name, tensor.detach().to("cpu").contiguous()))
+
     def order(item: tuple[str, torch.Tensor]) -> tuple[bool, bool, int, str]:
         size = _nbytes(item[1])
         return size % _PAGE != 0, size % _ALIGN != 0, -item[1].element_size(), item[0]

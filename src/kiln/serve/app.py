@@ -330,4 +330,7 @@ def create_app(reference: str | os.PathLike[str], *, store: Any = None, config: 
     """
     chosen = config or ServeConfig()
     threads = chosen.intra_op_threads
-    return KilnApp(chosen, lambda: load_runtime(reference, store=store, runtime=chosen.runtime, threads=threads))
+    return KilnApp(
+        chosen,
+        lambda: load_runtime(reference, store=store, runtime=chosen.runtime, threads=threads, trust=chosen.trust),
+    )

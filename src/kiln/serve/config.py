@@ -67,8 +67,12 @@ class ServeConfig:
     token: str | None = None
     access_log: bool = True
     warmup: bool = True
+    trust: tuple[str, ...] = ()  # modules whose factories the torch runtime may import (kiln.export.trust)
 
     def __post_init__(self) -> None:
+        from ..export.trust import check_trust  # torch-free
+
+        object.__setattr__(self, "trust", check_trust(self.trust))  # a list from JSON (workers) becomes a tuple
         if self.runtime not in ("auto", "onnx", "torch"):
             raise ConfigError(f"runtime must be 'auto', 'onnx' or 'torch'; got {self.runtime!r}.")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,13 @@ __all__ = ["predict_local"]
 
 
 def predict_local(
-    reference: str | os.PathLike[str], inputs: Any, *, store: Any = None, runtime: str = "auto", threads: int = 1
+    reference: str | os.PathLike[str],
+    inputs: Any,
+    *,
+    store: Any = None,
+    runtime: str = "auto",
+    threads: int = 1,
+    trust: Sequence[str] = (),
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Outputs for ``inputs`` (as a server would take them in ``{"inputs": ...}``) from the model in this process.
 
@@ -25,7 +32,7 @@ def predict_local(
     """
     from ..errors import DataError
 
-    loaded = load_runtime(reference, store=store, runtime=runtime, threads=threads)
+    loaded = load_runtime(reference, store=store, runtime=runtime, threads=threads, trust=trust)
     try:
         decoded = decode_v1({"inputs": inputs}, loaded.inputs)
     except RequestError as error:

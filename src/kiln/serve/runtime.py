@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, IntegrityError, NotFoundError
+from ..export.trust import check_trust, env_trust
 from ..store.manifest import FORMAT
+from ..store.onnx_check import check_onnx
 from .tensors import TensorSpec, specs_from_signature
 
 __all__ = ["LoadedRuntime", "OnnxRunner", "TorchRunner", "load_runtime", "onnx_session", "set_threads"]
@@ -159,9 +161,18 @@ def _runtime(name: str, version: str, reference: str, runner: OnnxRunner | Torch
 
 
 def load_runtime(
-    reference: str | os.PathLike[str], *, store: Any = None, runtime: str = "auto", threads: int = 1
+    reference: str | os.PathLike[str],
+    *,
+    store: Any = None,
+    runtime: str = "auto",
+    threads: int = 1,
+    trust: Sequence[str] = (),
 ) -> LoadedRuntime:
     """Load ``reference`` into a runner after verifying every file of the version; ``auto`` prefers ONNX Runtime.
+
+    ``trust`` (plus the ``KILN_TRUST`` environment variable, comma-separated, read here for servers) names the
+    modules whose factories the torch runtime may import, and any non-standard ONNX operator domains; see
+    :mod:`kiln.export.trust`. Every graph is checked for external data before onnxruntime sees it.
 
     The ONNX path reads the graph through the store and never imports torch (a worker starts in about a second
     and stays under 100 MB); the torch path rebuilds the module with :func:`kiln.export.load_package`. A package
@@ -176,9 +187,10 @@ def load_runtime(
 
     if runtime not in ("auto", "onnx", "torch"):
         raise ConfigError(f"runtime must be 'auto', 'onnx' or 'torch'; got {runtime!r}.")
+    trusted = (*check_trust(trust), *env_trust())
     started = time.perf_counter()
     if isinstance(reference, os.PathLike):
-        return _load_directory(Path(reference), runtime, threads, started)
+        return _load_directory(Path(reference), runtime, threads, started, trusted)
     opened = store if isinstance(store, Store) else Store(store, create=False)
     try:
         version = _verified(opened, reference)
@@ -186,12 +198,14 @@ def load_runtime(
             if ONNX_FILE not in version.files:
                 raise NotFoundError(f"{version.reference} has no ONNX graph; serve it with runtime='torch'.")
             spec = _read_spec(opened, version)
-            runner: OnnxRunner | TorchRunner = _onnx_runner(bytes(opened.read(version, ONNX_FILE)), spec, threads)
+            graph = bytes(opened.read(version, ONNX_FILE))
+            check_onnx(graph, label=version.reference, trust=trusted)
+            runner: OnnxRunner | TorchRunner = _onnx_runner(graph, spec, threads)
         else:
             from ..export import load_package
 
             set_threads(threads)
-            package = load_package(version.reference, store=opened, runtime="torch")
+            package = load_package(version.reference, store=opened, runtime="torch", trust=trusted)
             spec, runner = package.spec, TorchRunner(package.model, threads)
     finally:
         if opened is not store:
@@ -205,11 +219,11 @@ def _onnx_runner(model: bytes, spec: dict[str, Any], threads: int) -> OnnxRunner
     return OnnxRunner(session, specs_from_signature(signature, "inputs"), specs_from_signature(signature, "outputs"))
 
 
-def _load_directory(root: Path, runtime: str, threads: int, started: float) -> LoadedRuntime:
+def _load_directory(root: Path, runtime: str, threads: int, started: float, trust: Sequence[str]) -> LoadedRuntime:
     from ..export import load_package
 
     set_threads(threads)  # kiln.export sizes its onnxruntime session by torch's thread count
-    package = load_package(root, runtime=runtime)  # type: ignore[arg-type]
+    package = load_package(root, runtime=runtime, trust=trust)  # type: ignore[arg-type]
     signature = package.spec["signature"]
     inputs, outputs = specs_from_signature(signature, "inputs"), specs_from_signature(signature, "outputs")
     runner: OnnxRunner | TorchRunner = (

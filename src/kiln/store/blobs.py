@@ -24,6 +24,7 @@ from ..errors import IntegrityError
 from .content import check_package_file, read_head
 from .faults import crash_point
 from .names import check_sha256
+from .onnx_check import check_onnx
 
 __all__ = ["Blob", "BlobStore", "BlobWriter", "hash_file", "read_verified", "remove_older"]
 
@@ -226,9 +227,13 @@ class BlobWriter:
         return self._finished
 
     def check_content(self, name: str) -> None:
-        """Finish, then judge the bytes as package file ``name`` (pickles, zips, ... raise IntegrityError)."""
+        """Finish, then judge the bytes as package file ``name`` (pickles, zips, an ONNX graph with external data,
+        ... raise IntegrityError)."""
         blob = self.finish()
-        check_package_file(name, *read_head(self._path if self.blob is None else self._blobs.path(blob.sha256)))
+        path = self._path if self.blob is None else self._blobs.path(blob.sha256)
+        check_package_file(name, *read_head(path))
+        if name.endswith(".onnx"):
+            check_onnx(path.read_bytes(), label=name, trust=None)
 
     def commit(self) -> Blob:
         """Finish, rename to the content address (or keep a spare when those bytes are already stored), fsync

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -70,7 +71,7 @@ class Store:
         >>> store = Store("./.kiln")
         >>> version = kiln.export.register_module(net, "digits", store=store, example_input=x[:1])
         >>> store.promote("digits", version.version, "production")
-        >>> module = store.load("digits@production")
+        >>> module = kiln.export.load("digits@production", store=store)
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
@@ -354,20 +355,31 @@ class Store:
             >>> report = store.verify()
             >>> report.ok, [p.message for p in report.problems]
         """
-        if target is None:
-            chosen = [v for model in self.models() for v in self.versions(model.name)]
-        elif "@" in target:
-            chosen = [self.version(target)]
-        else:
-            chosen = self.versions(check_name(target))
-        return verify_versions(self.database, self.blobs, chosen, artifacts=target is None)
+        return verify_versions(self.database, self.blobs, self.versions_for(target), artifacts=target is None)
 
-    def load(self, reference: str, *, runtime: Literal["auto", "torch", "onnx"] = "auto") -> Any:
-        """A ready torch module (or onnxruntime session) for ``reference``; see :func:`kiln.export.load`."""
-        # The export layer rebuilds modules; importing it here, on use, keeps kiln.store itself free of torch.
+    def versions_for(self, target: str | None) -> list[ModelVersion]:
+        """The versions ``target`` names: ``name@3`` one, ``name`` all of that model's, None every version."""
+        if target is None:
+            return [v for model in self.models() for v in self.versions(model.name)]
+        if "@" in target:
+            return [self.version(target)]
+        return self.versions(check_name(target))
+
+    def load(self, reference: str, **options: Any) -> Any:
+        """Deprecated: use ``kiln.export.load(reference, store=store)``; loading models is the export layer's job.
+
+        Kept working for one release (0.2) with a DeprecationWarning; ``options`` go to :func:`kiln.export.load`
+        (``runtime``, ``trust``). The import below is the one upward import the layer test allows, until then.
+        """
+        warnings.warn(
+            "Store.load is deprecated and will be removed in kiln 0.3: use kiln.export.load(reference, store=store) "
+            "(same arguments: runtime=..., trust=[...]).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         from ..export import load
 
-        return load(reference, store=self, runtime=runtime)
+        return load(reference, store=self, **options)
 
     def gc(self, *, grace_seconds: float = 3600.0, dry_run: bool = False) -> GcReport:
         """Remove blobs nothing references and temp files left by crashed writers, both older than the grace.

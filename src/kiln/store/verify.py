@@ -11,6 +11,7 @@ from ..errors import IntegrityError
 from .blobs import Blob, BlobStore, hash_file
 from .content import check_package_file, read_head
 from .database import Database
+from .onnx_check import check_onnx
 from .registry import ModelVersion
 from .schema import run_artifacts
 
@@ -56,6 +57,8 @@ def _check_blob(blobs: BlobStore, blob: Blob, name: str, *, package: bool) -> st
     if package:
         try:
             check_package_file(name, *read_head(path))
+            if name.endswith(".onnx"):
+                check_onnx(path.read_bytes(), label=name, trust=None)
         except IntegrityError as error:
             return str(error)
     return None
