@@ -8,8 +8,9 @@ steps, all fall in the timed part; its six early looks in the first epoch do not
 are interleaved (the order alternates per repetition) and each variant's median is reported, with their ratio.
 The doctor must also stay silent on these healthy models.
 
-    python benchmarks/doctor_overhead.py                      # all models, default reps
+    python benchmarks/doctor_overhead.py                      # the recorded run -> results/doctor_overhead.json
     python benchmarks/doctor_overhead.py --models mlp --reps 15
+    python benchmarks/doctor_overhead.py --smoke              # one short rep on the MLP: checks the script runs
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import timeit
 from typing import Any
 
+import harness
 import numpy as np
 import torch
 from torch import nn
@@ -28,6 +30,15 @@ from torch import nn
 import kiln
 from kiln.train.doctor import GradientDoctor
 
+QUESTION, TITLE = "doctor_overhead", "Gradient doctor (issue 3)"
+LABELS = {"mlp": "MLP", "cnn": "LeNet-5", "tfm": "transformer"}
+DESCRIPTION = (
+    "Fit with and without `GradientDoctor()` (defaults: a look at steps 0, 1, 2, 4, 8, 16, then every 50 steps) on "
+    "the three benchmark models: MLP 64-256-256-10 on digits, LeNet-5 on 1×32×32, a 2-layer transformer encoder "
+    "(d_model 128, seq 64) on synthetic tokens; batch 64, Adam 1e-3 (fused, kiln's default), 22 steps per epoch, the "
+    'first epoch untimed; 1 torch thread. On/off runs interleaved, medians; "time inside the doctor" is the median '
+    "share of the fit's time spent in the doctor's looks, forward hooks and per-step calls (timed in place)."
+)
 SEQ, VOCAB, D_MODEL, N_HEAD, D_FF, N_LAYERS, N_CLASSES = 64, 1000, 128, 4, 256, 2, 4
 N_TRAIN, BATCH = 1408, 64
 
@@ -186,58 +197,65 @@ def run(
     return timer.wall, timer.cpu, len(history.diagnostics), inside
 
 
+def measure(name: str, reps: int, epochs: int, every: int) -> dict[str, Any]:
+    """Doctor-on and doctor-off fits alternating (the order flips every rep), and a timed-doctor fit per rep."""
+    tensors = data(name)
+    times: dict[str, dict[bool, list[float]]] = {"wall": {False: [], True: []}, "cpu": {False: [], True: []}}
+    findings, shares = 0, []
+    fast, steps = fast_path_seconds(name, tensors), (epochs - 1) * (N_TRAIN // BATCH)
+    run(name, "on", 2, tensors)  # warm caches and allocator once, untimed
+    for rep in range(reps):
+        for doctor in harness.rotated((False, True), rep):
+            wall, cpu, count, _ = run(name, "on" if doctor else "off", epochs, tensors, every)
+            times["wall"][doctor].append(wall)
+            times["cpu"][doctor].append(cpu)
+            findings += count
+        wall, _, count, inside = run(name, "timed", epochs, tensors, every)
+        inside += fast * steps
+        shares.append(inside / (wall - inside))
+        findings += count
+    row: dict[str, Any] = {"model": name, "reps": reps, "timed_steps": steps, "findings": findings,
+                           "inside_share": harness.spread(shares), "fast_path_us": 1e6 * fast}  # fmt: skip
+    for clock, samples in times.items():
+        off, on = statistics.median(samples[False]), statistics.median(samples[True])
+        row.update(
+            {f"{clock}_off_ms": 1e3 * off / steps, f"{clock}_on_ms": 1e3 * on / steps, f"{clock}_ratio": on / off}
+        )
+    return row
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["mlp", "cnn", "tfm"], choices=["mlp", "cnn", "tfm"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(LABELS), choices=list(LABELS))
     parser.add_argument("--reps", type=int, default=0, help="repetitions per variant (default: 21 mlp, 9 cnn, 3 tfm)")
     parser.add_argument("--every", type=int, default=50, help="the doctor's look interval (its default: 50)")
     parser.add_argument("--epochs", type=int, default=0, help="epochs per run (default: 15 mlp and cnn, 6 tfm)")
+    harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.smoke:
+        args.models, args.reps, args.epochs = ["mlp"], 1, 2
+    harness.pin_threads(1)
+    record = harness.new_run(args.run_name)
     rows = []
     for name in args.models:
-        tensors = data(name)
         reps = args.reps or {"mlp": 21, "cnn": 9, "tfm": 3}[name]
         epochs = args.epochs or {"mlp": 15, "cnn": 15, "tfm": 6}[name]
-        times: dict[str, dict[bool, list[float]]] = {"wall": {False: [], True: []}, "cpu": {False: [], True: []}}
-        findings, shares = 0, []
-        fast, steps = fast_path_seconds(name, tensors), (epochs - 1) * (N_TRAIN // BATCH)
-        run(name, "on", 2, tensors)  # warm caches and allocator once, untimed
-        for rep in range(reps):
-            for doctor in (False, True) if rep % 2 == 0 else (True, False):
-                wall, cpu, count, _ = run(name, "on" if doctor else "off", epochs, tensors, args.every)
-                times["wall"][doctor].append(wall)
-                times["cpu"][doctor].append(cpu)
-                findings += count
-            wall, _, count, inside = run(name, "timed", epochs, tensors, args.every)
-            inside += fast * steps
-            shares.append(inside / (wall - inside))
-            findings += count
-        row: dict[str, Any] = {
-            "model": name,
-            "reps": reps,
-            "timed_steps": steps,
-            "findings": findings,
-            "inside_share": statistics.median(shares),
-            "fast_path_us": 1e6 * fast,
-        }
-        for clock, samples in times.items():
-            off, on = statistics.median(samples[False]), statistics.median(samples[True])
-            row.update(
-                {f"{clock}_off_ms": 1e3 * off / steps, f"{clock}_on_ms": 1e3 * on / steps, f"{clock}_ratio": on / off}
-            )
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    print(
-        "\n| model | reps | time inside the doctor | CPU ms/step off | on | on/off | wall ms/step off | on | on/off "
-        "| findings |\n|---|---|---|---|---|---|---|---|---|---|"
-    )
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['reps']} | {100 * r['inside_share']:.2f}% | {r['cpu_off_ms']:.3f} | "
-            f"{r['cpu_on_ms']:.3f} | {r['cpu_ratio']:.3f} | {r['wall_off_ms']:.3f} | {r['wall_on_ms']:.3f} | "
-            f"{r['wall_ratio']:.3f} | {r['findings']} |"
-        )
+        rows.append(measure(name, reps, epochs, args.every))
+        print(json.dumps(rows[-1]), flush=True)
+    cells = [
+        [LABELS[r["model"]], f"{100 * r['inside_share']['median']:.2f} %", f"{r['cpu_off_ms']:.3f}",
+         f"{r['cpu_on_ms']:.3f}", f"{r['cpu_ratio']:.3f}", f"{r['wall_off_ms']:.3f}", f"{r['wall_on_ms']:.3f}",
+         f"{r['wall_ratio']:.3f}", str(r["findings"])]
+        for r in rows
+    ]  # fmt: skip
+    columns = ["model", "time inside the doctor", "CPU ms/step off", "on", "on/off", "wall ms/step off", "on", "on/off",
+               "findings"]  # fmt: skip
+    spec = harness.table(columns, cells, align="lrrrrrrrr")
+    reps = ", ".join(f"{r['reps']} {LABELS[r['model']]}" for r in rows)
+    record.update(description=DESCRIPTION + f" Reps: {reps}.", tables=[spec], summary={"models": rows})
+    print(harness.markdown_table(spec))
+    path = harness.result_path(args, QUESTION)
+    harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
 
 
 if __name__ == "__main__":

@@ -387,10 +387,21 @@ def write_result(path: Path, *, question: str, title: str, run: dict[str, Any]) 
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+    temporary.write_text(dumps(document) + "\n")
     os.replace(temporary, path)
     print(f"result: {_relative(path)} (run {run['name']!r})", file=sys.stderr)
     return path
+
+
+def dumps(value: Any, depth: int = 0) -> str:
+    """JSON with one line per table row: lists of plain values stay on one line, everything else is indented."""
+    inner, outer = " " * (depth + 1), " " * depth
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(key)}: {dumps(item, depth + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + outer + "}"
+    if isinstance(value, list) and any(isinstance(item, dict | list) for item in value):
+        return "[\n" + ",\n".join(inner + dumps(item, depth + 1) for item in value) + "\n" + outer + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _relative(path: Path) -> str:

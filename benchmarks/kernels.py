@@ -19,7 +19,10 @@ Run on a GPU machine (from the repository root)::
 
     python benchmarks/kernels.py                                  # everything, a few minutes on one H100
     python benchmarks/kernels.py --ops cross_entropy --vocab 128256 --impls torch kiln liger
-    python benchmarks/kernels.py --out benchmarks/results/kernels.json
+    python benchmarks/kernels.py --cpu --reps 5 --vocab 32000     # the recorded CPU reference run
+
+Results go to benchmarks/results/kernels.json as the run "gpu" on CUDA and "cpu-reference" with ``--cpu``
+(``--run-name`` overrides); ``python benchmarks/report.py`` renders them into RESULTS.md.
 
 Without CUDA it refuses, unless ``--cpu`` (the reference path at small shapes, timings only: labelled CPU numbers,
 not the GPU targets) or ``--smoke`` (a few tiny steps, to check that the harness runs).
@@ -28,7 +31,6 @@ not the GPU targets) or ``--smoke`` (a few tiny steps, to check that the harness
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -37,11 +39,17 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import harness
 import torch
 import torch.nn.functional as F
 
 import kiln.kernels as kk
 
+QUESTION, TITLE = "kernels", "Kernels (issue 7)"
+RUN_TITLES = {
+    "gpu": "GPU: kiln.kernels against torch eager, torch.compile and Liger-Kernel",
+    "cpu-reference": "CPU reference path (for the record, not the GPU targets)",
+}
 OPS = ("cross_entropy", "fused_linear_cross_entropy", "rms_norm", "layer_norm", "swiglu")
 IMPLS = ("torch", "compile", "kiln", "liger")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -211,9 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--cpu", action="store_true", help="no CUDA: time the reference path at small shapes")
-    parser.add_argument("--smoke", action="store_true", help="a few tiny steps on any device, to test the harness")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for --cpu/--smoke (default 1)")
-    parser.add_argument("--out", help="also write the results as JSON to this file")
+    harness.add_result_arguments(parser, QUESTION)  # --smoke: a few tiny steps on any device, to test the harness
     args = parser.parse_args(argv)
 
     if args.smoke:
@@ -223,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         device = torch.device("cuda")
     elif args.cpu or args.smoke:
         device = torch.device("cpu")
-        torch.set_num_threads(args.threads)  # oversubscribed OpenMP threads spin: pick the count deliberately
+        harness.pin_threads(args.threads)  # oversubscribed OpenMP threads spin: pick the count deliberately
         if args.cpu and not args.smoke:
             args.tokens, args.hidden, args.dtype = min(args.tokens, 1024), min(args.hidden, 512), "fp32"
             args.vocab = [min(v, 32000) for v in args.vocab]
@@ -237,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    if args.run_name == "main":
+        args.run_name = "gpu" if device.type == "cuda" else "cpu-reference"
+    run = harness.new_run(args.run_name, packages=("torch", "triton", "liger-kernel", "kiln"))
     results: list[Result] = []
     for op in args.ops:
         vocabs = args.vocab if "cross_entropy" in op else args.vocab[:1]
@@ -273,9 +283,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     print(_table(results))
-    if args.out:
-        with open(args.out, "w") as file:
-            json.dump({"header": header, "results": [asdict(r) for r in results]}, file, indent=2)
+    lines = _table(results).splitlines()
+    columns = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    run.update(
+        title=RUN_TITLES.get(args.run_name),
+        machine=f"{device_name}; {run['machine']}",
+        description=header,
+        tables=[harness.table(columns, rows, align="llrrrrrr")],
+        summary={"results": [asdict(r) for r in results]},
+    )
+    harness.write_result(
+        harness.result_path(args, QUESTION), question=QUESTION, title=TITLE, run=harness.finish_run(run)
+    )
     return 0
 
 
