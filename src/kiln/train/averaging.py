@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .callbacks import Callback
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["EMA", "SWA", "recompute_batchnorm"]
 
@@ -53,7 +53,7 @@ class _Averager(Callback):
         self._averaged_buffers: list[torch.Tensor] = []
         self._live_buffers: list[torch.Tensor] = []
 
-    def _attach(self, model: Model) -> nn.Module:
+    def _attach(self, model: TrainState) -> nn.Module:
         # The copy is made once per module and kept across fit calls, so fitting again continues the average.
         if self.module is None or self._source is not model.module:
             self.module, self._source, self.num_updates = _averaged_copy(model.module), model.module, 0
@@ -124,11 +124,11 @@ class EMA(_Averager):
             return self.decay
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         model.averaged = self._attach(model)
         self._last_step = model.global_step
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         if step == self._last_step:  # gradient accumulation: no optimizer step since the last batch
             return
         self._last_step = step
@@ -200,7 +200,7 @@ class SWA(_Averager):
         self._last_step = 0
 
     # ------------------------------------------------------------------ hooks
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         # Copy now, before any callback adds forward hooks for the first step (the gradient doctor does).
         self._attach(model)
         epochs = int(model.fit_config.get("epochs", 1))
@@ -216,7 +216,7 @@ class SWA(_Averager):
                 "SWA starts at epoch %d but fit runs %d epochs: nothing will be averaged.", self.start_epoch, epochs
             )
 
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
+    def on_epoch_start(self, model: TrainState, epoch: int) -> None:
         if epoch < self.start_epoch:
             return
         if self._anneal_from is None:
@@ -224,7 +224,7 @@ class SWA(_Averager):
             self._anneal_start = model.global_step
         self._set_lr(model)
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         if model.epoch < self.start_epoch or step == self._last_step:
             return
         self._last_step = step
@@ -232,11 +232,11 @@ class SWA(_Averager):
         if self.every_steps is not None and step % self.every_steps == 0:
             self.update(model)
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         if self.every_steps is None and epoch >= self.start_epoch:
             self.update(model)
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         if self.num_updates == 0 or self.module is None:
             if model.fit_status == "finished":
                 logger.info(
@@ -258,7 +258,7 @@ class SWA(_Averager):
 
     # ------------------------------------------------------------------ averaging and lr
     @torch.no_grad()
-    def update(self, model: Model) -> None:
+    def update(self, model: TrainState) -> None:
         """Add the live weights to the equal-weight running average."""
         if self.num_updates == 0:
             torch._foreach_copy_(self._averaged_params, self._live_params)
@@ -268,7 +268,7 @@ class SWA(_Averager):
         self.num_updates += 1
         model.averaged = self.module
 
-    def _set_lr(self, model: Model) -> None:
+    def _set_lr(self, model: TrainState) -> None:
         if self.swa_lr is None or self._anneal_from is None:
             return
         done = model.global_step - self._anneal_start
@@ -277,7 +277,7 @@ class SWA(_Averager):
         for group, start_lr in zip(model.optimizer.param_groups, self._anneal_from, strict=True):
             group["lr"] = self.swa_lr + (start_lr - self.swa_lr) * weight
 
-    def _bn_batches(self, model: Model) -> Any:
+    def _bn_batches(self, model: TrainState) -> Any:
         if self.bn_data is not None:
             from ..data.loader import make_loader
 

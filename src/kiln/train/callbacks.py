@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["Callback", "EarlyStopping", "History"]
 
@@ -19,9 +19,11 @@ __all__ = ["Callback", "EarlyStopping", "History"]
 class Callback:
     """Base class: override the hooks you need; each gets the :class:`kiln.Model` being trained.
 
-    Hooks, in the order the loop calls them::
+    Hooks see the Model through :class:`~kiln.train.state.TrainState`, the part of it a callback may read and change
+    (module, optimizer(s), schedule(s), precision, epoch, global_step, history, stop_training, ...), and are typed
+    against that protocol so that callbacks never import the Model. Hooks, in the order the loop calls them::
 
-        on_fit_start(model)                      once, after the loop is set up (model.epochs, model.steps_per_epoch)
+        on_fit_start(model)                      once, after the loop is set up (fit_config, steps_per_epoch set)
         on_epoch_start(model, epoch)             epoch counts from 0
         on_before_optimizer_step(model, step)    gradients are ready (unscaled, clipped); step = optimizer steps so far
         on_train_batch_end(model, step, loss)    after every batch; step counts optimizer steps done; loss detached
@@ -37,22 +39,22 @@ class Callback:
         ...         print(epoch, logs["loss"])
     """
 
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         pass
 
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
+    def on_epoch_start(self, model: TrainState, epoch: int) -> None:
         pass
 
-    def on_before_optimizer_step(self, model: Model, step: int) -> None:
+    def on_before_optimizer_step(self, model: TrainState, step: int) -> None:
         pass
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         pass
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         pass
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
@@ -80,7 +82,7 @@ class History(Callback):
         self.epochs: list[int] = []
         self.diagnostics: list[Any] = []
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         self.epochs.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
@@ -147,7 +149,7 @@ class EarlyStopping(Callback):
         self.best_epoch: int | None = None
         self._best_state: dict[str, Any] | None = None
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         value = self._monitor.value(logs)
         if self._monitor.improved(value):
             self._monitor.best, self.wait, self.best_epoch = value, 0, epoch
@@ -159,7 +161,7 @@ class EarlyStopping(Callback):
             model.stop_training = True
             self.stopped_epoch = epoch
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         if self.restore_best and self._best_state is not None and self.stopped_epoch is not None:
             model.module.load_state_dict(self._best_state)
             model.weights_epoch = self.best_epoch  # register then records that epoch's metrics, not the last one's

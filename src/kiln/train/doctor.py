@@ -36,7 +36,7 @@ from .findings import (
 from .updates import UpdateMeter
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["KINDS", "Finding", "GradientDoctor"]
 
@@ -132,7 +132,7 @@ class GradientDoctor(Callback):
         self._weight_norms: dict[int, float] = {}
 
     # ------------------------------------------------------------------ hooks of the loop
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         if not self._loaded:  # a fresh diagnosis per fit, unless resuming from load_state_dict
             self.findings = []
             self._reset()
@@ -164,18 +164,18 @@ class GradientDoctor(Callback):
             self._layers, relus, hooks, self._params, self._owners = [], [], False, [], []
         self._watch.attach(self._layers, relus, enabled=hooks)
 
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
+    def on_epoch_start(self, model: TrainState, epoch: int) -> None:
         # Hooks for the first look go in here rather than in on_fit_start, after every callback's on_fit_start ran,
         # so that an averaging callback's deep copy of the module never carries them.
         if self._watch.enabled and not self._watch.installed and self._is_look(model.global_step):
             self._install_hooks()
 
-    def on_before_optimizer_step(self, model: Model, step: int) -> None:
+    def on_before_optimizer_step(self, model: TrainState, step: int) -> None:
         if step % self.every and step not in self._early:
             return
         self._look(model, step)
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         self._losses.append(loss)
         self._loss_steps.append(self._seen)  # the batch ran on the weights after this many steps
         self._seen = step
@@ -187,7 +187,7 @@ class GradientDoctor(Callback):
             self._install_hooks()
         self._next_event = self._next_look(step + 1)
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         self._watch.remove()
         self._updates.clear()
         self._check_losses(model)
@@ -212,7 +212,7 @@ class GradientDoctor(Callback):
         return self._watch.relu_hook(name)
 
     # ------------------------------------------------------------------ a look
-    def _look(self, model: Model, step: int) -> None:
+    def _look(self, model: TrainState, step: int) -> None:
         self._watch.remove()
         self._next_event = step + 1
         weights, owners = self._params, self._owners
@@ -250,7 +250,7 @@ class GradientDoctor(Callback):
         self._check_vanishing(model, step, layer_norms)
         self._check_dead(model, step)
 
-    def _after_look(self, model: Model) -> None:
+    def _after_look(self, model: TrainState) -> None:
         """After the step of a look: its update/weight ratios, and whether its gradient norm was exploding."""
         ratios = self._updates.finish(self._weight_norms)
         self.stats["update_ratios"] = self._last_update_ratios = {self._layers[i].name: r for i, r in ratios.items()}
@@ -265,7 +265,7 @@ class GradientDoctor(Callback):
 
     # ------------------------------------------------------------------ checks
     def _check_nonfinite(
-        self, model: Model, step: int, layer_norms: dict[int, float], weight_norms: dict[int, float]
+        self, model: TrainState, step: int, layer_norms: dict[int, float], weight_norms: dict[int, float]
     ) -> bool:
         bad = [index for index, norm in layer_norms.items() if not math.isfinite(norm)]
         if not bad:
@@ -286,7 +286,7 @@ class GradientDoctor(Callback):
         self._report(model, f"nonfinite:{layers[-1].name}", finding)
         return True
 
-    def _check_losses(self, model: Model) -> None:
+    def _check_losses(self, model: TrainState) -> None:
         if not self._losses:
             return
         values = torch.stack(self._losses).float().cpu().tolist()
@@ -316,7 +316,7 @@ class GradientDoctor(Callback):
         )
         self._report(model, "loss_spike", finding)
 
-    def _report_nonfinite_loss(self, model: Model, step: int, value: float) -> None:
+    def _report_nonfinite_loss(self, model: TrainState, step: int, value: float) -> None:
         if self._reported_nonfinite():
             return  # already reported at its source (or as an earlier non-finite loss)
         with torch.no_grad():
@@ -329,7 +329,7 @@ class GradientDoctor(Callback):
             position += len(layer.params)
         self._report(model, "nonfinite:loss", _nonfinite_loss_finding(step, value, bad, self._remedies(model)))
 
-    def _check_exploding(self, model: Model, step: int, total: float, rising: bool) -> bool:
+    def _check_exploding(self, model: TrainState, step: int, total: float, rising: bool) -> bool:
         history = self._healthy_norms
         if not history:
             return False
@@ -343,7 +343,7 @@ class GradientDoctor(Callback):
         self._report(model, "exploding", finding)
         return True
 
-    def _check_vanishing(self, model: Model, step: int, layer_norms: dict[int, float]) -> None:
+    def _check_vanishing(self, model: TrainState, step: int, layer_norms: dict[int, float]) -> None:
         positive = {index: norm for index, norm in layer_norms.items() if norm > 0}  # exact zeros: dead units
         top = max(positive.values(), default=0.0)
         low = {self._layers[index].name for index, norm in positive.items() if norm < self.vanish_ratio * top}
@@ -362,7 +362,7 @@ class GradientDoctor(Callback):
         )
         self._report(model, "vanishing", finding)
 
-    def _check_dead(self, model: Model, step: int) -> None:
+    def _check_dead(self, model: TrainState, step: int) -> None:
         found = self._watch.check_dead(
             step,
             dead_fraction=self.dead_fraction,
@@ -377,7 +377,7 @@ class GradientDoctor(Callback):
         return any(key.startswith("nonfinite:") for key in self._reported)
 
     # ------------------------------------------------------------------ remedies
-    def _remedies(self, model: Model) -> _Remedies:
+    def _remedies(self, model: TrainState) -> _Remedies:
         """The remedies that quote this run: its healthy gradient norms, learning rate, length and precision."""
         return _run_remedies(
             healthy_norms=self._healthy_norms,
@@ -389,7 +389,7 @@ class GradientDoctor(Callback):
         )
 
     # ------------------------------------------------------------------ reporting and state
-    def _report(self, model: Model, key: str, finding: Finding) -> None:
+    def _report(self, model: TrainState, key: str, finding: Finding) -> None:
         if key in self._reported:
             return
         self._reported.add(key)

@@ -13,7 +13,7 @@ from ..distributed import is_rank_zero
 from .callbacks import Callback, _Monitor
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["MetricsLogger", "ModelCheckpoint", "save_weights"]
 
@@ -41,7 +41,7 @@ class MetricsLogger(Callback):
             raise ConfigError(f"MetricsLogger path must end in .csv or .jsonl, got {str(path)!r}.")
         self._fields: list[str] | None = None
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         if not is_rank_zero():
             return
         row = {"epoch": epoch, "step": model.global_step, **logs}
@@ -79,7 +79,7 @@ class ModelCheckpoint(Callback):
     def best(self) -> float:
         return self._monitor.best
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         if not is_rank_zero():
             return
         if self.save_last:

@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -21,11 +21,11 @@ from ..distributed import all_reduce_sum, is_distributed, is_rank_zero, world_si
 from ..errors import CheckpointError, DataError, NonFiniteLossError
 from .callbacks import Callback, overrides
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .state import Schedule, TrainState
 from .strategy import full_state, is_sharded, load_full_state
 
 if TYPE_CHECKING:
     from ..data.loader import Loader
-    from .model import Model
 
 __all__ = ["FitLoop", "FitOptions"]
 
@@ -96,11 +96,26 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _Trainee(TrainState, Protocol):
+    """What the loop needs of ``kiln.Model`` beyond what callbacks see: it advances the position and evaluates."""
+
+    epoch: int
+    global_step: int
+    fit_status: str
+
+    @property
+    def loss(self) -> Any: ...
+
+    def _to_device(self, value: Any) -> Any: ...
+
+    def _evaluate(self, loader: Loader) -> dict[str, float]: ...
+
+
 class FitLoop:
     """One call of ``Model.fit``: runs epochs, calls callbacks, writes and restores checkpoints."""
 
-    def __init__(self, model: Model, loader: Loader, val_loader: Loader | None, forward: Any, schedule: Any,
-                 callbacks: list[Callback], options: FitOptions) -> None:
+    def __init__(self, model: _Trainee, loader: Loader, val_loader: Loader | None, forward: Any,
+                 schedule: Schedule | None, callbacks: list[Callback], options: FitOptions) -> None:
         self.model, self.loader, self.val_loader, self.forward = model, loader, val_loader, forward
         self.schedule, self.callbacks, self.options = schedule, callbacks, options
         self.hooks = {name: [cb for cb in callbacks if overrides(cb, name)] for name in HOOKS}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +23,12 @@ from .optim import resolve_optimizer, sparse_gradients
 from .precision import Precision
 from .progress import ProgressBar
 from .schedules import make_schedule
+from .state import Schedule
 from .strategy import convert_sync_batchnorm, fully_shard_module, is_sharded, resolve_strategy, wrap
 
 __all__ = ["Model", "default_device", "seed_everything"]
 
 logger = logging.getLogger(__name__)
-
 
 
 def default_device() -> torch.device:
@@ -72,7 +72,8 @@ class Model:
     """A torch.nn.Module with a loss, an optimizer and metrics: ``fit``, ``evaluate``, ``predict``.
 
     ``loss``, ``optimizer`` and ``metrics`` take names or objects: torch losses and optimizers, torchmetrics
-    metrics. The module moves to ``device`` ("auto": CUDA, then MPS, then CPU) when the Model is built.
+    metrics. The module moves to ``device`` ("auto": CUDA, then MPS, then CPU) when the Model is built. During
+    ``fit`` the Model is what every callback hook receives, typed as :class:`kiln.train.state.TrainState`.
 
     Example:
         >>> model = kiln.Model(net, loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
@@ -116,6 +117,7 @@ class Model:
         self.global_step = 0
         self.steps_per_epoch = 0
         self.precision = Precision("fp32", self.device)
+        self.schedule: Schedule | None = None  # the learning-rate schedule of the current (or last) fit
         self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
         self.store = store
         self.run_id: str | None = None  # set by run tracking
@@ -125,6 +127,16 @@ class Model:
         self.example_input: Any = None  # one input batch of the last fit: fixes the signature on register
         self.weights_epoch: int | None = None  # the epoch whose end the weights are from, when not the last one
         self._graph: Any = None  # the torch.compile wrapper of module, built on first use
+
+    @property
+    def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
+        """Every optimizer by name (the :class:`~kiln.train.state.TrainState` view): ``{"default": optimizer}``."""
+        return {"default": self.optimizer}
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """The learning-rate schedule of each optimizer by the optimizer's name; empty without ``lr_schedule``."""
+        return {} if self.schedule is None else {"default": self.schedule}
 
     def _use_fused_kernels(self, loss: Any, *, force: bool) -> None:
         """Swap norms and the cross-entropy loss for kiln's fused kernels where they are faster (CUDA + Triton)."""
@@ -233,7 +245,7 @@ class Model:
         if world > 1 and distributed.is_rank_zero():
             logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
                         batch_size, batch_size * world * accumulate)
-        self.history, self.weights_epoch = History(), None
+        self.history, self.weights_epoch, self.schedule = History(), None, schedule
         self.train_data, self.train_loader, self.example_input = data, loader, _first_input(data)
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]

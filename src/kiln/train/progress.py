@@ -12,7 +12,7 @@ from .callbacks import Callback
 if TYPE_CHECKING:
     import torch
 
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["ProgressBar", "format_logs"]
 
@@ -43,7 +43,7 @@ class ProgressBar(Callback):
         self._epoch_start = 0.0
         self.enabled = True
 
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         self.enabled = is_rank_zero()
         if not self.enabled:
             return
@@ -58,7 +58,7 @@ class ProgressBar(Callback):
             )
             self._progress.start()
 
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
+    def on_epoch_start(self, model: TrainState, epoch: int) -> None:
         if not self.enabled:
             return
         self._steps = 0
@@ -73,7 +73,7 @@ class ProgressBar(Callback):
             else:
                 self._progress.reset(self._task, total=model.steps_per_epoch, epoch=label, info="")
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         self._steps += 1
         if self._progress is None:
             return
@@ -85,7 +85,7 @@ class ProgressBar(Callback):
         self._progress.update(self._task, completed=self._steps, info=f"loss {float(loss):.4g}  {rate:,.0f} samples/s")
         self._progress.refresh()
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         if not self.enabled:
             return
         seconds = time.perf_counter() - self._epoch_start
@@ -98,7 +98,7 @@ class ProgressBar(Callback):
         else:
             print(line, flush=True)
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress, self._task = None, None

@@ -27,7 +27,7 @@ from ..store.runs import STATUSES
 from .callbacks import Callback
 
 if TYPE_CHECKING:
-    from .model import Model
+    from .state import TrainState
 
 __all__ = ["TrackingCallback", "fingerprint"]
 
@@ -149,7 +149,7 @@ class TrackingCallback(Callback):
             self._store_arg = Store(self._store_arg)
         return self._store_arg
 
-    def on_fit_start(self, model: Model) -> None:
+    def on_fit_start(self, model: TrainState) -> None:
         if not is_rank_zero():
             return
         data = self.data if self.data is not None else getattr(model, "train_data", None)
@@ -171,10 +171,10 @@ class TrackingCallback(Callback):
         self._losses, self._steps, self._step = [], [], 0
         self._flush_due = time.monotonic() + self.flush_seconds
 
-    def on_epoch_start(self, model: Model, epoch: int) -> None:
+    def on_epoch_start(self, model: TrainState, epoch: int) -> None:
         self._epoch = epoch
 
-    def on_train_batch_end(self, model: Model, step: int, loss: torch.Tensor) -> None:
+    def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         self._step = step
         if self.run is None or step % self.every:
             return
@@ -195,7 +195,7 @@ class TrackingCallback(Callback):
         self.run.log_rows(("batch_loss", step, value, epoch) for step, value in zip(self._steps, values, strict=True))
         self._losses, self._steps = [], []
 
-    def on_epoch_end(self, model: Model, epoch: int, logs: dict[str, float]) -> None:
+    def on_epoch_end(self, model: TrainState, epoch: int, logs: dict[str, float]) -> None:
         if self.run is None:
             return
         self._flush_losses()
@@ -204,7 +204,7 @@ class TrackingCallback(Callback):
         self.run.log({**numbers, "epoch": float(epoch)}, step=step, epoch=epoch)
         self.run.flush()
 
-    def on_fit_end(self, model: Model) -> None:
+    def on_fit_end(self, model: TrainState) -> None:
         if self.run is None:
             return
         status = getattr(model, "fit_status", "finished")
