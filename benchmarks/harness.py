@@ -374,6 +374,14 @@ def result_path(args: argparse.Namespace, question: str) -> Path:
     return smoke_path(question) if args.smoke else RESULTS_DIR / f"{question}.json"
 
 
+def raw_dir(args: argparse.Namespace, question: str) -> Path:
+    """Where a run keeps its raw samples and logs (not tracked): results/raw/<question>/, or the scratch folder."""
+    root = smoke_path(question).parent if args.smoke else RESULTS_DIR
+    path = root / "raw" / question
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def write_result(path: Path, *, question: str, title: str, run: dict[str, Any]) -> Path:
     """Replace the run named ``run["name"]`` in the result file at ``path`` (keeping the others), atomically."""
     document: dict[str, Any] = {"question": question, "title": title, "script": f"benchmarks/{question}.py", "runs": []}

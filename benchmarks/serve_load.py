@@ -18,6 +18,10 @@ usage::
 
     python benchmarks/serve_load.py [--reps 3] [--seconds 4] [--conc 1,16,64] [--only kiln-onnx,plain]
         [--rss-requests 100000] [--server-cpus 0] [--load-cpus 1]
+    python benchmarks/serve_load.py --reps 3 --seconds 4      # the recorded run -> benchmarks/results/serve_load.json
+    python benchmarks/serve_load.py --smoke                   # 1 s per concurrency, 2000-request RSS phase
+
+Without the side venv the script says so and measures kiln's servers alone.
 """
 
 from __future__ import annotations
@@ -37,10 +41,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-PEERS = Path("/work/shared/peers/serve")
-SIDE_PYTHON = HERE / ".venv-serve" / "bin" / "python"
-RESULTS = HERE / "results" / "serve_raw.jsonl"
+import harness
+
+QUESTION, TITLE = "serve_load", "Serving (issue 5)"
+PEERS = harness.peers_dir("serve")
+KILN_SERVERS = ("kiln-onnx", "kiln-torch")
+PEER_SERVERS = ("plain", "ls-b16", "ts-b32")
+DESCRIPTION = (
+    "Every server answers one JSON sample per request with the peers' MLP 64-256-256-10 (seed 0, softmax outputs; "
+    "kiln registers the same weights plus `nn.Softmax` into a temporary store; the script checks that every server "
+    "returns the same probabilities). Servers are pinned to CPU {server_cpus} and the closed-loop load generator "
+    "(asyncio + uvloop over raw keep-alive HTTP/1.1 on 127.0.0.1) to CPU {load_cpus}; servers are interleaved within "
+    "each of {reps} repetitions, {seconds:g} s per concurrency, medians shown. Peers run from {peers} in "
+    "`benchmarks/.venv-serve`: LitServe batching 16 / 5 ms (`ls-b16`), TorchServe batching 32 / 5 ms (`ts-b32`), bare "
+    "Starlette + uvicorn with the model called inline (`plain`). kiln runs with its defaults (1 worker, 1 intra-op "
+    "thread, max batch 64, max delay 0, access log on)."
+)
 
 
 # ---------------------------------------------------------------------------------------------- load generator
@@ -208,8 +224,8 @@ def _kiln_store(tmp: Path, peers_models: Any) -> Path:
     return store
 
 
-def _configs(bench: Any, store: Path, port: int) -> dict[str, dict[str, Any]]:
-    bench.PORT, bench.PY = port, str(SIDE_PYTHON)
+def _configs(bench: Any, store: Path, port: int, side_python: str | None) -> dict[str, dict[str, Any]]:
+    bench.PORT, bench.PY = port, str(side_python or sys.executable)
     peers = bench.cfgs("mlp")
     kiln = [sys.executable, "-m", "kiln.cli", "serve", "mlp@1", "--store", str(store), "--port", str(port)]
     configs = {
@@ -219,8 +235,8 @@ def _configs(bench: Any, store: Path, port: int) -> dict[str, dict[str, Any]]:
         "kiln-onnx-threads2": {"cmd": [*kiln, "--runtime", "onnx", "--threads", "2"], "health": "/readyz"},
         "kiln-torch-threads2": {"cmd": [*kiln, "--runtime", "torch", "--threads", "2"], "health": "/readyz"},
     }
-    for name in ("plain", "ls-b16", "ts-b32"):
-        if name in peers:
+    for name in PEER_SERVERS:
+        if side_python is not None and name in peers:  # the peers need their side venv
             configs[name] = peers[name]
     for name, config in configs.items():
         config.setdefault("env", dict(os.environ))
@@ -243,7 +259,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="kiln-serve-bench-"))
         self.port = 8100 + os.getpid() % 500 * 4  # peers' TorchServe also uses port+1 and port+2
         self.store = _kiln_store(self.tmp, __import__("models"))
-        self.configs = _configs(self.bench, self.store, self.port)
+        self.configs = _configs(self.bench, self.store, self.port, args.side_python)
         import random
 
         random.seed(1)
@@ -255,11 +271,8 @@ class Bench:
         path.write_text(json.dumps([[body.decode("latin-1"), ok] for body, ok in bodies]))
         return path
 
-    def pin(self, command: list[str], cpus: str) -> list[str]:
-        return ["taskset", "-c", cpus, *command] if cpus != "none" and shutil.which("taskset") else command
-
     def load(self, path: str, bodies: Path, conc: int, seconds: float, limit: int = 10**9) -> dict[str, Any]:
-        command = self.pin([sys.executable, __file__, "loadgen", str(self.port), path, str(bodies), str(conc),
+        command = harness.taskset([sys.executable, __file__, "loadgen", str(self.port), path, str(bodies), str(conc),
                             str(seconds), str(limit)], self.args.load_cpus)  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120).stdout
         line = [line for line in out.splitlines() if line.startswith("RESULT ")][-1]
@@ -272,7 +285,7 @@ class Bench:
         log = open(self.tmp / f"{name}.log", "a")  # noqa: SIM115 - closed below
         if "ts" in config:
             self.bench.ts_prepare(config, "mlp", str(self.tmp))
-        config["cmd"] = self.pin(list(config["cmd"]), self.args.server_cpus)
+        config["cmd"] = harness.taskset(list(config["cmd"]), self.args.server_cpus)
         process, ready_s = self.bench.start(config, log)
         try:
             yield process, config, ready_s
@@ -295,7 +308,7 @@ class Bench:
     def measure(self) -> list[dict[str, Any]]:
         rows = []
         default = [n for n in self.configs if "threads" not in n]
-        names = self.args.only.split(",") if self.args.only else default
+        names = [n for n in self.args.only.split(",") if n in self.configs] if self.args.only else default
         for rep in range(self.args.reps):
             for name in names:
                 with self.server(name) as (_process, config, ready_s):
@@ -347,17 +360,19 @@ class Bench:
         return row
 
 
-def table(rows: list[dict[str, Any]], rss: dict[str, Any] | None) -> str:
+def summarize(rows: list[dict[str, Any]], rss: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """The median table over reps, and the target lines read from it."""
     keys = sorted({(r["server"], r["conc"]) for r in rows}, key=lambda k: (k[1], k[0]))
-    lines = ["| server | conc | req/s | p50 ms | p99 ms | errors | runs |", "|---|---|---|---|---|---|---|"]
-    med: dict[tuple[str, int], dict[str, float]] = {}
+    cells, med = [], {}
     for key in keys:
         chosen = [r for r in rows if (r["server"], r["conc"]) == key]
         med[key] = {f: statistics.median(r[f] for r in chosen) for f in ("rps", "p50_ms", "p99_ms")}
-        lines.append(f"| {key[0]} | {key[1]} | {med[key]['rps']:.0f} | {med[key]['p50_ms']:.2f} | "
-                     f"{med[key]['p99_ms']:.2f} | {sum(r['errors'] for r in chosen)} | {len(chosen)} |")  # fmt: skip
-    lines.append("")
-    for kiln in ("kiln-onnx", "kiln-torch"):
+        errors = sum(r["errors"] for r in chosen)
+        cells.append([key[0], str(key[1]), f"{med[key]['rps']:.0f}", f"{med[key]['p50_ms']:.2f}",
+                      f"{med[key]['p99_ms']:.2f}", str(errors), str(len(chosen))])  # fmt: skip
+    spec = harness.table(["server", "conc", "req/s", "p50 ms", "p99 ms", "errors", "runs"], cells, align="llrrrrr")
+    lines = []
+    for kiln in KILN_SERVERS:
         if (kiln, 64) in med and ("ts-b32", 64) in med:
             k, t = med[(kiln, 64)], med[("ts-b32", 64)]
             lines.append(f"- {kiln} vs TorchServe at 64: {k['rps'] / t['rps']:.2f}x req/s (target >= 1.5x), "
@@ -372,7 +387,7 @@ def table(rows: list[dict[str, Any]], rss: dict[str, Any] | None) -> str:
         lines.append(f"- kiln-onnx RSS: {rss['rss_after_warmup_mib']} MiB after warm-up, {rss['rss_after_mib']} MiB "
                      f"after {rss['requests']} requests (statuses {rss['statuses']}): {rss['growth_pct']:+.2f}% "
                      "(target <= 10%)")  # fmt: skip
-    return "\n".join(lines)
+    return spec, "\n".join(lines)
 
 
 def main() -> None:
@@ -385,9 +400,14 @@ def main() -> None:
     parser.add_argument("--rss-requests", type=int, default=100_000, help="0 skips the RSS phase")
     parser.add_argument("--server-cpus", default="0", help="taskset CPU list for servers ('none': unpinned)")
     parser.add_argument("--load-cpus", default="1", help="taskset CPU list for the load generator")
+    harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
-    if not SIDE_PYTHON.exists():
-        raise SystemExit(f"missing {SIDE_PYTHON}: create the side venv (see this file's docstring)")
+    if args.smoke:
+        args.reps, args.seconds, args.conc, args.rss_requests = 1, 1.0, [1, 8], 2000
+    if not (PEERS / "bench_serve.py").is_file():
+        raise SystemExit(f"{PEERS} has no bench_serve.py: the peers' serving harness (start/stop, the MLP) is needed")
+    args.side_python = harness.side_python(".venv-serve", "the peers' servers (bare uvicorn, LitServe, TorchServe)")
+    record = harness.new_run(args.run_name, packages=("torch", "onnxruntime", "uvicorn", "kiln"))
     bench = Bench(args)
     started = time.time()
     try:
@@ -395,12 +415,21 @@ def main() -> None:
         rss = bench.rss() if args.rss_requests else None
     finally:
         shutil.rmtree(bench.tmp, ignore_errors=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as handle:
+    raw = harness.raw_dir(args, QUESTION) / "rows.jsonl"
+    with raw.open("a") as handle:
         for row in [*rows, *([rss] if rss else [])]:
             handle.write(json.dumps(row) + "\n")
-    print(f"\n{len(rows)} runs in {time.time() - started:.0f} s; raw rows appended to {RESULTS}\n")
-    print(table(rows, rss))
+    print(f"\n{len(rows)} runs in {time.time() - started:.0f} s; raw rows appended to {raw}\n")
+    spec, targets = summarize(rows, rss)
+    record["conditions"].append(f"{len(rows)} runs in {time.time() - started:.0f} s")
+    description = DESCRIPTION.format(server_cpus=args.server_cpus, load_cpus=args.load_cpus, reps=args.reps,
+                                     seconds=args.seconds, peers=PEERS)  # fmt: skip
+    if args.side_python is None:
+        description += " The peers' side venv was missing: kiln's servers only."
+    record.update(description=description, tables=[spec], notes=targets, summary={"runs": rows, "rss": rss})
+    print(harness.markdown_table(spec) + "\n\n" + targets)
+    path = harness.result_path(args, QUESTION)
+    harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ Setup of the MLflow venv (once; gitignored)::
 
 Run from the repository root::
 
-    python benchmarks/store_bench.py --reps 5 --out benchmarks/results/store.json
+    python benchmarks/store_bench.py --reps 9          # the recorded run -> benchmarks/results/store_bench.json
+    python benchmarks/store_bench.py --smoke           # a 0.6M-parameter MLP, one rep: checks that the script runs
+
+Without the MLflow venv the script says so and measures kiln and the safetensors floors only.
 """
 
 from __future__ import annotations
@@ -37,8 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import random
 import shutil
 import statistics
 import subprocess
@@ -49,16 +50,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import harness
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-HERE = Path(__file__).resolve().parent
+QUESTION, TITLE = "store_bench", "Store (issue 4)"
 
 
-def mlp25m() -> nn.Sequential:
-    return nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                         nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 10))  # fmt: skip
+def mlp25m(hidden: int = 4096) -> nn.Sequential:
+    """The peers' 25M-parameter MLP at hidden 4096 (101 MB in float32); smaller widths for --smoke."""
+    return nn.Sequential(nn.Linear(1024, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, 1024), nn.ReLU(), nn.Linear(1024, 10))  # fmt: skip
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -72,12 +75,12 @@ def touch(module: nn.Module) -> float:
     return sum(float(p.sum()) for p in module.parameters())
 
 
-def bench_registry(reps: int, workdir: Path) -> dict[str, Any]:
+def bench_registry(reps: int, hidden: int, workdir: Path) -> dict[str, Any]:
     from kiln.export import load, register_module
     from kiln.store import Store
 
     torch.manual_seed(0)
-    model = mlp25m().eval()
+    model = mlp25m(hidden).eval()
     example = torch.randn(1, 1024)
     store = Store(workdir / "store")
     # Every save writes a new file and nothing is deleted until the end: freeing blocks on this disk (mounted with
@@ -96,7 +99,7 @@ def bench_registry(reps: int, workdir: Path) -> dict[str, Any]:
                 os.fsync(handle.fileno())
 
     def floor_load() -> nn.Module:
-        module = mlp25m()
+        module = mlp25m(hidden)
         module.load_state_dict(load_file(floor["path"]))
         return module
 
@@ -114,7 +117,7 @@ def bench_registry(reps: int, workdir: Path) -> dict[str, Any]:
 
     def meta_floor_load() -> float:
         with torch.device("meta"):
-            module = mlp25m()
+            module = mlp25m(hidden)
         module.load_state_dict(load_file(floor["path"]), assign=True)
         return touch(module)
 
@@ -130,8 +133,7 @@ def bench_registry(reps: int, workdir: Path) -> dict[str, Any]:
             ("meta_floor_load", meta_floor_load),
             ("kiln_load", lambda: touch(load("mlp", store=store))),
         ]
-        shift = rep % len(steps)
-        for name, fn in steps[shift:] + steps[:shift]:  # every operation takes every position once in 6 reps
+        for name, fn in harness.rotated(steps, rep):  # every operation takes every position once in 7 reps
             os.sync()  # every operation starts with no dirty pages: none pays for another's writeback
             seconds, _ = timed(fn)
             rows[name].append(seconds)
@@ -169,11 +171,11 @@ import json, os, statistics, sys, tempfile, time, warnings
 warnings.filterwarnings("ignore")
 import torch
 from torch import nn
-reps, threads = int(sys.argv[1]), int(sys.argv[2])
+reps, threads, hidden = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(threads)
 def mlp25m():
-    return nn.Sequential(nn.Linear(1024, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                         nn.Linear(4096, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(nn.Linear(1024, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                         nn.Linear(hidden, 1024), nn.ReLU(), nn.Linear(1024, 10))
 tmp = tempfile.mkdtemp(prefix="kiln_mlflow_")
 os.chdir(tmp)
 t0 = time.perf_counter()
@@ -206,12 +208,12 @@ print(json.dumps(out))
 """
 
 
-def bench_mlflow(python: str, reps: int, threads: int) -> dict[str, Any] | None:
+def bench_mlflow(python: str, reps: int, threads: int, hidden: int) -> dict[str, Any] | None:
     if not Path(python).exists():
-        print(f"skipping MLflow: {python} not found (see the setup in this script's docstring)", file=sys.stderr)
+        print(f"note: {python} not found, so MLflow is not measured (see this script's docstring)", file=sys.stderr)
         return None
-    done = subprocess.run([python, "-c", MLFLOW_CHILD, str(reps), str(threads)], capture_output=True, text=True,
-                          timeout=3600, env={**os.environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+    done = subprocess.run([python, "-c", MLFLOW_CHILD, str(reps), str(threads), str(hidden)], capture_output=True,
+                          text=True, timeout=3600, env=harness.thread_env(threads))  # fmt: skip
     if done.returncode != 0:
         print(f"MLflow run failed:\n{done.stderr[-3000:]}", file=sys.stderr)
         return None
@@ -261,9 +263,7 @@ def bench_tracking(reps: int, epochs: int, workdir: Path) -> dict[str, Any]:
     run_fixed_ms: list[float] = []
     steps_per_epoch = -(-len(data) // 64)
     for rep in range(reps):
-        configs = list(epoch_s)
-        random.Random(rep).shuffle(configs)  # a fixed rotation lets position effects pass for overhead
-        for config in configs:
+        for config in harness.shuffled(list(epoch_s), rep):  # a fixed rotation lets position effects pass for overhead
             torch.manual_seed(0)
             net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
             model = kiln.Model(net, loss="cross_entropy", optimizer="adam", lr=1e-3, device="cpu")
@@ -296,98 +296,107 @@ def bench_tracking(reps: int, epochs: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def report(registry: dict[str, Any], mlflow: dict[str, Any] | None, tracking: dict[str, Any], args: Any) -> str:
+def tables(registry: dict[str, Any], mlflow: dict[str, Any] | None, tracking: dict[str, Any]) -> list[dict]:
     m = registry["median_s"]
-    lines = [
-        f"`python benchmarks/store_bench.py --reps {args.reps}` — {platform.machine()} CPU, {os.cpu_count()} cores "
-        f"(shared, noisy: load average {args.load[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end), torch "
-        f"{torch.__version__}, {args.threads} torch threads; medians of {args.reps} interleaved reps.",
-        "",
-        f"**Register / load of a {registry['params'] / 1e6:.1f}M-parameter MLP ({registry['file_mb']:.0f} MB)**",
-        "",
-        f"Per-rep (paired) ratios, which share each rep's noise: register {registry['register_ratio_paired']:.2f}× "
-        f"the save floor, load {registry['load_ratio_paired']:.2f}× the load floor (both read from the device).",
-        "",
-        "| operation | seconds | vs floor | target |",
-        "|---|---:|---:|---:|",
-        f"| safetensors save_file (floor) | {m['floor_save']:.3f} | 1.00× | |",
-        f"| safetensors save_file + fsync (durable floor) | {m['floor_save_fsync']:.3f} | "
-        f"{m['floor_save_fsync'] / m['floor_save']:.2f}× | |",
-        f"| kiln register (weights + spec + manifest, fsynced, hashed) | {m['kiln_register']:.3f} | "
-        f"{registry['register_ratio']:.2f}× ({registry['register_ratio_durable_floor']:.2f}× durable) | ≤ 1.2× |",
-        f"| build + load_state_dict(load_file) (floor), file in the page cache | {m['floor_load']:.3f} | 1.00× | |",
-        f"| the same, file evicted from the page cache first (cold floor) | {m['floor_load_cold']:.3f} | "
-        f"{m['floor_load_cold'] / m['floor_load']:.2f}× | |",
-        f"| meta build + load_file + assign + touch (strict floor, cached) | {m['meta_floor_load']:.3f} | "
-        f"{m['meta_floor_load'] / m['floor_load']:.2f}× | |",
-        "| kiln load right after register (every SHA-256 verified, meta rebuild, touch): cold | "
-        f"{m['kiln_load']:.3f} | "
-        f"{registry['load_ratio']:.2f}× the cold floor | ≤ 1.5× |",
-        f"| kiln load of the same version again: blob in the page cache | {m['kiln_load_hot']:.3f} | "
-        f"{registry['load_ratio_hot']:.2f}× the cached floor ({registry['load_ratio_meta_floor']:.2f}× strict) | "
-        "≤ 1.5× |",
-        f"| kiln register with ONNX export + parity check (once) | {registry['register_with_onnx_s']:.2f} | | |",
-    ]
+    rows = [
+        ["safetensors save_file (floor)", f"{m['floor_save']:.3f}", "1.00×", ""],
+        ["safetensors save_file + fsync (durable floor)", f"{m['floor_save_fsync']:.3f}",
+         f"{m['floor_save_fsync'] / m['floor_save']:.2f}×", ""],
+        ["kiln register (weights + spec + manifest, fsynced, hashed)", f"{m['kiln_register']:.3f}",
+         f"{registry['register_ratio']:.2f}× ({registry['register_ratio_durable_floor']:.2f}× durable)", "≤ 1.2×"],
+        ["build + load_state_dict(load_file) (floor), file in the page cache", f"{m['floor_load']:.3f}", "1.00×", ""],
+        ["the same, file evicted from the page cache first (cold floor)", f"{m['floor_load_cold']:.3f}",
+         f"{m['floor_load_cold'] / m['floor_load']:.2f}×", ""],
+        ["meta build + load_file + assign + touch (strict floor, cached)", f"{m['meta_floor_load']:.3f}",
+         f"{m['meta_floor_load'] / m['floor_load']:.2f}×", ""],
+        ["kiln load right after register (every SHA-256 verified, meta rebuild, touch): cold", f"{m['kiln_load']:.3f}",
+         f"{registry['load_ratio']:.2f}× the cold floor", "≤ 1.5×"],
+        ["kiln load of the same version again: blob in the page cache", f"{m['kiln_load_hot']:.3f}",
+         f"{registry['load_ratio_hot']:.2f}× the cached floor ({registry['load_ratio_meta_floor']:.2f}× strict)",
+         "≤ 1.5×"],
+        ["kiln register with ONNX export + parity check (once)", f"{registry['register_with_onnx_s']:.2f}", "", ""],
+    ]  # fmt: skip
     if mlflow is not None:
         mm = mlflow["median_s"]
-        lines += [
-            f"| MLflow {mlflow['mlflow']} log_model (default pt2 format, input_example) | "
-            f"{mm['log_model_default_s']:.2f} | {mm['log_model_default_s'] / m['floor_save']:.0f}× | |",
-            f"| MLflow log_model (pickle format, pip_requirements given) | {mm['log_model_pickle_s']:.2f} | "
-            f"{mm['log_model_pickle_s'] / m['floor_save']:.0f}× | |",
-            f"| MLflow load_model (pt2) | {mm['load_model_default_s']:.2f} | "
-            f"{mm['load_model_default_s'] / m['floor_load']:.1f}× | |",
-            f"| MLflow load_model (pickle: unpickles) | {mm['load_model_pickle_s']:.2f} | "
-            f"{mm['load_model_pickle_s'] / m['floor_load']:.1f}× | |",
-        ]
+        rows += [
+            [f"MLflow {mlflow['mlflow']} log_model (default pt2 format, input_example)",
+             f"{mm['log_model_default_s']:.2f}", f"{mm['log_model_default_s'] / m['floor_save']:.0f}×", ""],
+            ["MLflow log_model (pickle format, pip_requirements given)", f"{mm['log_model_pickle_s']:.2f}",
+             f"{mm['log_model_pickle_s'] / m['floor_save']:.0f}×", ""],
+            ["MLflow load_model (pt2)", f"{mm['load_model_default_s']:.2f}",
+             f"{mm['load_model_default_s'] / m['floor_load']:.1f}×", ""],
+            ["MLflow load_model (pickle: unpickles)", f"{mm['load_model_pickle_s']:.2f}",
+             f"{mm['load_model_pickle_s'] / m['floor_load']:.1f}×", ""],
+        ]  # fmt: skip
+    registry_caption = (
+        f"**Register / load of a {registry['params'] / 1e6:.1f}M-parameter MLP ({registry['file_mb']:.0f} MB)**\n\n"
+        f"Per-rep (paired) ratios, which share each rep's noise: register {registry['register_ratio_paired']:.2f}× "
+        f"the save floor, load {registry['load_ratio_paired']:.2f}× the load floor (both read from the device)."
+    )
     t = tracking
-    lines += [
-        "",
+    tracking_caption = (
         f"**Run tracking** — kiln.Model.fit of an MLP 64-256-256-10, batch 64, {t['steps_per_epoch']} steps per epoch "
         f"× {t['epochs']} ({t['step_ms']:.2f} ms per step without tracking), 1 torch thread. The time spent inside "
         "TrackingCallback's hooks (per step, and the batched SQLite write at each epoch's end) is measured directly, "
         "relative to the rest of the fit; the A/B of median epoch times (epochs after the first, configurations "
-        "in shuffled order) is shown too:",
-        "",
-        "| tracking | µs per step in the hook | share of training time | epoch A/B | target |",
-        "|---|---:|---:|---:|---:|",
-        f"| TrackingCallback (default: loss kept every 10 steps) | {t['hook_us_per_step']['every=10']:.1f} | "
-        f"{t['share_in_hooks']['every=10'] * 100:.2f}% | {t['epoch_ab_overhead']['every=10'] * 100:+.1f}% | ≤ 2% |",
-        f"| TrackingCallback(every=1) | {t['hook_us_per_step']['every=1']:.1f} | "
-        f"{t['share_in_hooks']['every=1'] * 100:.2f}% | {t['epoch_ab_overhead']['every=1'] * 100:+.1f}% | |",
-        "",
-        f"Starting and finishing a run (system info with the git commit, data fingerprint, two SQLite writes) costs "
-        f"{t['run_start_finish_ms']:.0f} ms once per fit.",
+        "in shuffled order) is shown too:"
+    )
+    tracking_rows = [
+        [label, f"{t['hook_us_per_step'][key]:.1f}", f"{t['share_in_hooks'][key] * 100:.2f}%",
+         f"{t['epoch_ab_overhead'][key] * 100:+.1f}%", target]
+        for key, label, target in (("every=10", "TrackingCallback (default: loss kept every 10 steps)", "≤ 2%"),
+                                   ("every=1", "TrackingCallback(every=1)", ""))
+    ]  # fmt: skip
+    return [
+        harness.table(["operation", "seconds", "vs floor", "target"], rows, align="lrrr", caption=registry_caption),
+        harness.table(
+            ["tracking", "µs per step in the hook", "share of training time", "epoch A/B", "target"],
+            tracking_rows,
+            align="lrrrr",
+            caption=tracking_caption,
+            footer="Starting and finishing a run (system info with the git commit, data fingerprint, two SQLite "
+            f"writes) costs {t['run_start_finish_ms']:.0f} ms once per fit.",
+        ),
     ]
-    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=4096, help="the MLP's hidden width (4096: 25.2M parameters)")
     parser.add_argument("--tracking-epochs", type=int, default=4)
-    parser.add_argument("--mlflow-python", default=str(HERE / ".venv-mlflow" / "bin" / "python"))
+    parser.add_argument("--mlflow-python", help="default: benchmarks/.venv-mlflow/bin/python")
     parser.add_argument("--mlflow-reps", type=int, default=3)
     parser.add_argument("--skip-mlflow", action="store_true")
-    parser.add_argument("--out", default=None, help="write raw results as JSON here")
+    harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
-    args.load = os.getloadavg()
-    torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.reps, args.hidden, args.tracking_epochs, args.mlflow_reps = 1, 256, 2, 1
+    harness.pin_threads(args.threads)
+    record = harness.new_run(args.run_name)
+    mlflow_python = None
+    if not args.skip_mlflow:
+        mlflow_python = args.mlflow_python or harness.side_python(".venv-mlflow", "MLflow's log_model and load_model")
     workdir = Path(tempfile.mkdtemp(prefix="kiln_store_bench_"))
     try:
-        registry = bench_registry(args.reps, workdir)
-        mlflow = None if args.skip_mlflow else bench_mlflow(args.mlflow_python, args.mlflow_reps, args.threads)
-        torch.set_num_threads(1)
+        registry = bench_registry(args.reps, args.hidden, workdir)
+        mlflow = None if mlflow_python is None else bench_mlflow(mlflow_python, args.mlflow_reps, args.threads,
+                                                                 args.hidden)  # fmt: skip
+        harness.pin_threads(1)
         tracking = bench_tracking(args.reps, args.tracking_epochs, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    text = report(registry, mlflow, tracking, args)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"registry": registry, "mlflow": mlflow, "tracking": tracking,
-                                              "markdown": text}, indent=1))  # fmt: skip
+    specs = tables(registry, mlflow, tracking)
+    record["conditions"].append(
+        f"{args.threads} torch threads for register/load (1 for tracking); medians of {args.reps} interleaved reps"
+        + ("" if mlflow is None else f"; MLflow from `{mlflow_python}`")
+    )
+    record.update(tables=specs, summary={"registry": registry, "mlflow": mlflow, "tracking": tracking})
+    for spec in specs:
+        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
+    path = harness.result_path(args, QUESTION)
+    harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
 
 
 if __name__ == "__main__":
