@@ -1,36 +1,67 @@
-"""Chunked linear + cross-entropy, shared by the reference and the Triton path.
+"""Chunked linear + cross-entropy: the one implementation behind `kiln::fused_linear_cross_entropy`, on every device.
 
-Only the per-chunk cross-entropy differs between the two (torch ops or Triton kernels); the matmuls are cuBLAS /
-oneDNN calls either way. For `reduction="mean"` or `"sum"` the upstream gradient of the loss is a scalar, so the
-gradients are computed during the forward, chunk by chunk, while each chunk's logits are at hand, and the backward
-only scales them. That costs one matmul less than recomputing the logits in the backward and keeps peak memory at
-one chunk of logits plus the gradients themselves. For `reduction="none"` the backward recomputes each chunk.
+The driver walks the rows in chunks: one matmul gives a chunk's logits, a `ChunkLoss` turns them into the chunk's
+loss and, in place, its gradient. Only that per-chunk step differs between devices: the op passes the reference's
+torch functions or the Triton kernels (`kiln.kernels.triton_cross_entropy`); the matmuls are cuBLAS / oneDNN calls
+either way. For `reduction="mean"` or `"sum"` the upstream gradient of the loss is a scalar, so the gradients are
+computed during the forward, chunk by chunk, while each chunk's logits are at hand, and the backward only scales them.
+That costs one matmul less than recomputing the logits in the backward and keeps peak memory at one chunk of logits
+plus the gradients themselves. For `reduction="none"` the backward recomputes each chunk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 CrossEntropyForward = Callable[[Tensor, Tensor, int, float], tuple[Tensor, Tensor]]
 CrossEntropyBackward = Callable[..., Tensor]
+Gradients = tuple[Tensor | None, Tensor | None, Tensor | None]
 
 
-def _chunks(n_rows: int, chunk_size: int) -> range:
-    return range(0, n_rows, chunk_size)
+@dataclass(frozen=True)
+class ChunkLoss:
+    """The cross-entropy of one chunk of rows against its targets: the step the driver runs on each chunk's logits.
+
+    `cross_entropy_forward` and `cross_entropy_backward` are one backend's pair (`kiln.kernels.reference` or
+    `kiln.kernels.triton_cross_entropy`); `target` (N,) holds the class indices of all N rows.
+    """
+
+    cross_entropy_forward: CrossEntropyForward
+    cross_entropy_backward: CrossEntropyBackward
+    target: Tensor  # (N,)
+    ignore_index: int
+    label_smoothing: float
+
+    def forward(self, logits: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Loss (C,) and logsumexp (C,), float32, of the rows `start : start + C` given their logits (C, V)."""
+        target = self.target[start : start + logits.shape[0]]  # (C,)
+        return self.cross_entropy_forward(logits, target, self.ignore_index, self.label_smoothing)
+
+    def backward_(self, grad_rows: Tensor, logits: Tensor, start: int, lse: Tensor) -> Tensor:
+        """Overwrites the chunk's logits (C, V) with their gradient, given the rows' upstream gradient and lse (C,)."""
+        target = self.target[start : start + logits.shape[0]]  # (C,)
+        return self.cross_entropy_backward(
+            grad_rows, logits, target, lse, self.ignore_index, self.label_smoothing, out=logits
+        )
 
 
-def _logits(input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    if bias is None:
-        return input @ weight.t()  # (C, V)
-    return torch.addmm(bias, input, weight.t())  # (C, V)
+def _chunks(
+    input: Tensor, weight: Tensor, bias: Tensor | None, chunk_size: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(start, input rows (C, H), logits (C, V)) for each chunk of `chunk_size` rows of `input` (N, H)."""
+    for start in range(0, input.shape[0], chunk_size):
+        input_rows = input[start : start + chunk_size]  # (C, H)
+        if bias is None:
+            yield start, input_rows, input_rows @ weight.t()  # (C, V)
+        else:
+            yield start, input_rows, torch.addmm(bias, input_rows, weight.t())  # (C, V)
 
 
-def _allocate_grads(
-    input: Tensor, weight: Tensor, bias: Tensor | None, compute_grad: list[bool]
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def _allocate_grads(input: Tensor, weight: Tensor, bias: Tensor | None, compute_grad: list[bool]) -> Gradients:
     grad_input = torch.empty_like(input) if compute_grad[0] else None  # (N, H)
     grad_weight = torch.zeros_like(weight) if compute_grad[1] else None  # (V, H)
     grad_bias = torch.zeros_like(bias) if bias is not None and compute_grad[2] else None  # (V,)
@@ -38,23 +69,18 @@ def _allocate_grads(
 
 
 def _accumulate_chunk(
-    cross_entropy_backward: CrossEntropyBackward,
-    grads: tuple[Tensor | None, Tensor | None, Tensor | None],
+    chunk_loss: ChunkLoss,
+    grads: Gradients,
     start: int,
     grad_rows: Tensor,
+    lse_rows: Tensor,
     input_rows: Tensor,
     logits: Tensor,
     weight: Tensor,
-    target_rows: Tensor,
-    lse_rows: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
 ) -> None:
     grad_input, grad_weight, grad_bias = grads
     # The chunk's logits are not needed any more: overwrite them with their gradient.
-    grad_logits = cross_entropy_backward(
-        grad_rows, logits, target_rows, lse_rows, ignore_index, label_smoothing, out=logits
-    )  # (C, V)
+    grad_logits = chunk_loss.backward_(grad_rows, logits, start, lse_rows)  # (C, V)
     if grad_input is not None:
         torch.mm(grad_logits, weight, out=grad_input[start : start + logits.shape[0]])  # (C, H)
     if grad_weight is not None:
@@ -64,19 +90,15 @@ def _accumulate_chunk(
 
 
 def forward(
-    cross_entropy_forward: CrossEntropyForward,
-    cross_entropy_backward: CrossEntropyBackward,
+    chunk_loss: ChunkLoss,
     input: Tensor,
     weight: Tensor,
-    target: Tensor,
     bias: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
     reduction: str,
     chunk_size: int,
     compute_grad: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Loss of `input` (N, H) through `weight` (V, H) and `bias` (V,) against `target` (N,).
+    """Loss of `input` (N, H) through `weight` (V, H) and `bias` (V,) against `chunk_loss.target` (N,).
 
     Returns `(loss, lse, grad_input, grad_weight, grad_bias)`. The loss is float32: a scalar for "mean"/"sum", (N,)
     for "none"; the mean is over non-ignored rows (NaN when every row is ignored, as in torch). `lse` (N,) is kept
@@ -86,36 +108,21 @@ def forward(
     n_rows = input.shape[0]
     loss_rows = input.new_empty(n_rows, dtype=torch.float32)  # (N,)
     lse = input.new_empty(n_rows, dtype=torch.float32)  # (N,)
-    valid = target != ignore_index  # (N,)
+    valid = chunk_loss.target != chunk_loss.ignore_index  # (N,)
     n_valid = valid.sum()
-    precompute = reduction != "none" and any(compute_grad)
-    grads: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None)
-    grad_rows = loss_rows  # placeholder, replaced when gradients are precomputed
-    if precompute:
+    grads: Gradients = (None, None, None)
+    grad_rows = None  # (N,): the upstream gradient of each row's loss, when the gradients are computed here
+    if reduction != "none" and any(compute_grad):
         grads = _allocate_grads(input, weight, bias, compute_grad)
         scale = 1.0 / n_valid.clamp(min=1).float() if reduction == "mean" else torch.ones((), device=input.device)
         grad_rows = valid.float() * scale  # (N,)
-    for start in _chunks(n_rows, chunk_size):
-        end = min(start + chunk_size, n_rows)
-        input_rows = input[start:end]  # (C, H)
-        logits = _logits(input_rows, weight, bias)  # (C, V)
-        chunk_loss, chunk_lse = cross_entropy_forward(logits, target[start:end], ignore_index, label_smoothing)
-        loss_rows[start:end] = chunk_loss
+    for start, input_rows, logits in _chunks(input, weight, bias, chunk_size):
+        end = start + logits.shape[0]
+        chunk_loss_rows, chunk_lse = chunk_loss.forward(logits, start)  # (C,), (C,)
+        loss_rows[start:end] = chunk_loss_rows
         lse[start:end] = chunk_lse
-        if precompute:
-            _accumulate_chunk(
-                cross_entropy_backward,
-                grads,
-                start,
-                grad_rows[start:end],
-                input_rows,
-                logits,
-                weight,
-                target[start:end],
-                chunk_lse,
-                ignore_index,
-                label_smoothing,
-            )
+        if grad_rows is not None:
+            _accumulate_chunk(chunk_loss, grads, start, grad_rows[start:end], chunk_lse, input_rows, logits, weight)
     if reduction == "mean":
         loss = loss_rows.sum() / n_valid
     elif reduction == "sum":
@@ -126,35 +133,18 @@ def forward(
 
 
 def backward(
-    cross_entropy_backward: CrossEntropyBackward,
+    chunk_loss: ChunkLoss,
     grad_loss: Tensor,
     input: Tensor,
     weight: Tensor,
-    target: Tensor,
     bias: Tensor | None,
     lse: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
     chunk_size: int,
     compute_grad: list[bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of `sum(grad_loss * loss_rows)`, recomputing each chunk's logits; `grad_loss` is (N,)."""
+) -> Gradients:
+    """Gradients of `sum(grad_loss * loss_rows)`, recomputing each chunk's logits; `grad_loss` and `lse` are (N,)."""
     grads = _allocate_grads(input, weight, bias, compute_grad)
-    for start in _chunks(input.shape[0], chunk_size):
-        end = min(start + chunk_size, input.shape[0])
-        input_rows = input[start:end]  # (C, H)
-        logits = _logits(input_rows, weight, bias)  # (C, V)
-        _accumulate_chunk(
-            cross_entropy_backward,
-            grads,
-            start,
-            grad_loss[start:end],
-            input_rows,
-            logits,
-            weight,
-            target[start:end],
-            lse[start:end],
-            ignore_index,
-            label_smoothing,
-        )
+    for start, input_rows, logits in _chunks(input, weight, bias, chunk_size):
+        end = start + logits.shape[0]
+        _accumulate_chunk(chunk_loss, grads, start, grad_loss[start:end], lse[start:end], input_rows, logits, weight)
     return grads

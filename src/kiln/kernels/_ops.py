@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from kiln.kernels import reference
+from kiln.kernels import _linear_cross_entropy, reference
+from kiln.kernels._linear_cross_entropy import ChunkLoss
 
 
 @functools.cache
@@ -116,33 +117,21 @@ def fused_linear_cross_entropy(
     compute_grad: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(loss, lse, grad_input, grad_weight, grad_bias) of cross-entropy over `input @ weight.T + bias`, chunked."""
-    backend = _backend("fused_linear_cross_entropy", input)
-    loss, lse, grad_input, grad_weight, grad_bias = backend.fused_linear_cross_entropy_forward(
-        input, weight, target, bias, ignore_index, label_smoothing, reduction, chunk_size, compute_grad
+    chunk_loss = _chunk_loss(input, target, ignore_index, label_smoothing)
+    loss, lse, grad_input, grad_weight, grad_bias = _linear_cross_entropy.forward(
+        chunk_loss, input, weight, bias, reduction, chunk_size, compute_grad
     )
     return loss, lse, _or_empty(grad_input, input), _or_empty(grad_weight, weight), _or_empty(grad_bias, weight)
 
 
 @fused_linear_cross_entropy.register_fake
-def _(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    chunk_size: int,
-    compute_grad: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    input, weight, _, bias, _, _, reduction, _, compute_grad = inputs
     lse = input.new_empty(input.shape[0], dtype=torch.float32)
     loss = torch.empty_like(lse) if reduction == "none" else lse.new_empty(())
-    precompute = reduction != "none"
-    grad_input = torch.empty_like(input) if precompute and compute_grad[0] else input.new_empty(0)
-    grad_weight = torch.empty_like(weight) if precompute and compute_grad[1] else weight.new_empty(0)
-    has_bias_grad = precompute and bias is not None and compute_grad[2]
-    grad_bias = torch.empty_like(bias) if has_bias_grad and bias is not None else weight.new_empty(0)
-    return loss, lse, grad_input, grad_weight, grad_bias
+    # The gradients are computed in the forward only for a reduced loss.
+    flags = compute_grad if reduction != "none" else [False, False, False]
+    return (loss, lse, *_empty_grads(input, weight, bias, flags))
 
 
 @torch.library.custom_op("kiln::fused_linear_cross_entropy_backward", mutates_args=())
@@ -159,26 +148,29 @@ def fused_linear_cross_entropy_backward(
     compute_grad: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients (input, weight, bias) of `sum(grad_loss * loss_rows)`, recomputing the logits chunk by chunk."""
-    backend = _backend("fused_linear_cross_entropy", input)
-    grads = backend.fused_linear_cross_entropy_backward(
-        grad_loss, input, weight, target, bias, lse, ignore_index, label_smoothing, chunk_size, compute_grad
-    )
+    chunk_loss = _chunk_loss(input, target, ignore_index, label_smoothing)
+    grads = _linear_cross_entropy.backward(chunk_loss, grad_loss, input, weight, bias, lse, chunk_size, compute_grad)
     return _or_empty(grads[0], input), _or_empty(grads[1], weight), _or_empty(grads[2], weight)
 
 
 @fused_linear_cross_entropy_backward.register_fake
-def _(
-    grad_loss: Tensor,
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    lse: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    chunk_size: int,
-    compute_grad: list[bool],
+def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
+    _, input, weight, _, bias, _, _, _, _, compute_grad = inputs
+    return _empty_grads(input, weight, bias, compute_grad)
+
+
+def _chunk_loss(input: Tensor, target: Tensor, ignore_index: int, label_smoothing: float) -> ChunkLoss:
+    """The per-chunk cross-entropy of the backend that runs on `input`'s device (reference or Triton kernels)."""
+    backend = _backend("cross_entropy", input)
+    return ChunkLoss(
+        backend.cross_entropy_forward, backend.cross_entropy_backward, target, ignore_index, label_smoothing
+    )
+
+
+def _empty_grads(
+    input: Tensor, weight: Tensor, bias: Tensor | None, compute_grad: list[bool]
 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Fake gradients for (input, weight, bias): like the parameter where `compute_grad` asks, empty elsewhere."""
     grad_input = torch.empty_like(input) if compute_grad[0] else input.new_empty(0)
     grad_weight = torch.empty_like(weight) if compute_grad[1] else weight.new_empty(0)
     grad_bias = torch.empty_like(bias) if bias is not None and compute_grad[2] else weight.new_empty(0)

@@ -6,7 +6,9 @@ logits, `(N, H)` activations. Arithmetic happens in float32 whatever the input d
 input dtype, while per-row statistics (logsumexp, mean, rstd) and per-row losses stay float32.
 
 The cross-entropy functions walk the rows in chunks so that the float32 temporaries torch needs (`logsumexp`, `exp`)
-stay bounded instead of growing to a full-size `(N, V)` float32 copy of bfloat16 logits.
+stay bounded instead of growing to a full-size `(N, V)` float32 copy of bfloat16 logits. The fused linear
+cross-entropy has no twin here: it is one chunked driver (`kiln.kernels._linear_cross_entropy`) over these
+cross-entropy functions or their Triton twins.
 """
 
 from __future__ import annotations
@@ -16,13 +18,9 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from kiln.kernels import _linear_cross_entropy
-
 __all__ = [
     "cross_entropy_backward",
     "cross_entropy_forward",
-    "fused_linear_cross_entropy_backward",
-    "fused_linear_cross_entropy_forward",
     "layer_norm_backward",
     "layer_norm_forward",
     "rms_norm_backward",
@@ -94,64 +92,6 @@ def cross_entropy_backward(
         probs *= torch.where(valid, grad_loss[start:end].float(), 0.0).unsqueeze(1)
         grad[start:end] = probs
     return grad
-
-
-def fused_linear_cross_entropy_forward(
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    ignore_index: int,
-    label_smoothing: float,
-    reduction: str,
-    chunk_size: int,
-    compute_grad: list[bool],
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Cross-entropy of `input @ weight.T + bias` without ever holding the full (N, V) logits.
-
-    Walks the N rows in chunks of `chunk_size`; see `kiln.kernels._linear_cross_entropy.forward` for the outputs.
-    """
-    return _linear_cross_entropy.forward(
-        cross_entropy_forward,
-        cross_entropy_backward,
-        input,
-        weight,
-        target,
-        bias,
-        ignore_index,
-        label_smoothing,
-        reduction,
-        chunk_size,
-        compute_grad,
-    )
-
-
-def fused_linear_cross_entropy_backward(
-    grad_loss: Tensor,
-    input: Tensor,
-    weight: Tensor,
-    target: Tensor,
-    bias: Tensor | None,
-    lse: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    chunk_size: int,
-    compute_grad: list[bool],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients of `sum(grad_loss * loss_rows)` for input, weight and bias, recomputing the logits chunk by chunk."""
-    return _linear_cross_entropy.backward(
-        cross_entropy_backward,
-        grad_loss,
-        input,
-        weight,
-        target,
-        bias,
-        lse,
-        ignore_index,
-        label_smoothing,
-        chunk_size,
-        compute_grad,
-    )
 
 
 def rms_norm_forward(input: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
