@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Model": "kiln.train.model",
     "Callback": "kiln.train.callbacks",
+    "TrainState": "kiln.train.state",
     "EarlyStopping": "kiln.train.callbacks",
     "History": "kiln.train.callbacks",
     "ModelCheckpoint": "kiln.train.logging",

@@ -154,7 +154,12 @@ def load_package(
         raise NotFoundError(f"{files.label} has no ONNX graph ({_skipped(spec)}); load it with runtime='torch'.")
     graph = bytes(files.read(ONNX))
     check_onnx(graph, label=files.label, trust=trusted)
-    return LoadedModel("onnx", make_session(graph), spec, version)
+    try:
+        session = make_session(graph)
+    except Exception as error:  # onnxruntime's own exception types: an invalid or unsupported graph
+        message = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise IntegrityError(f"{files.label}: onnxruntime cannot load model.onnx ({message}).") from error
+    return LoadedModel("onnx", session, spec, version)
 
 
 def _skipped(spec: dict[str, Any]) -> Any:
