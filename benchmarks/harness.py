@@ -174,9 +174,20 @@ def parse_result(text: str) -> dict[str, Any] | None:
 
 
 def run_for_result(
-    command: list[str], *, env: dict[str, str], cwd: str | Path, log_path: Path, timeout: float, tty: bool = False
+    command: list[str],
+    *,
+    env: dict[str, str],
+    cwd: str | Path,
+    log_path: Path,
+    timeout: float,
+    tty: bool = False,
+    require_success: bool = True,
 ) -> dict[str, Any]:
-    """Run ``command`` with its output in ``log_path``; its RESULT dict, or {"error": ...} naming the log."""
+    """Run ``command`` with its output in ``log_path``; its RESULT dict, or {"error": ...} naming the log.
+
+    ``tty``: stdout on a pseudo-terminal. ``require_success=False`` keeps a RESULT even if the exit status is not 0
+    (a framework that crashes at exit after reporting).
+    """
     with open(log_path, "w") as log:
         if tty:
             rc: int | str = _run_on_pty(command, env, cwd, log, timeout)
@@ -187,7 +198,7 @@ def run_for_result(
             except subprocess.TimeoutExpired:
                 rc = "timeout"
     result = parse_result(log_path.read_text(errors="replace"))
-    if result is None or rc != 0:
+    if result is None or (require_success and rc != 0):
         return {"error": f"rc={rc}, see {_relative(log_path)}"}
     return result
 

@@ -14,28 +14,23 @@ one warm-up epoch of 22 steps that is not timed, then ``--timed-epochs`` epochs 
     pair:loader         kiln:loader and the hand-written loop in ONE process, taking turns epoch by epoch
     pair:array          the same for kiln:array
 
-The pair:* configs (train_overhead_paired.py) are usually the most precise measurement of kiln's cost on a shared
-machine: both sides of each ratio ran within the same second, where separate processes can meet very different
-loads. Cross-check them with abba:* (below); benchmarks/RESULTS.md records a case where the two disagree.
+Three ways of measuring, because on a shared machine separate processes meet different loads: separate processes
+(every config in a fresh ``python train_overhead.py child`` process; also gives peak RSS and import time), pair:*
+(one process trains two copies of the network, kiln's fit and the hand-written loop taking turns epoch by epoch,
+the steadiest ratio), and abba:* (whole fits of kiln and the loop alternating kiln, loop, loop, kiln in one
+process, each on a fresh copy: a cross-check that includes each fit's setup and warm-up). pair:loop is the paired
+method's A/A calibration: the hand-written loop paired with itself.
 
 Not run unless named in --configs: kiln:array-tty (stdout on a pseudo-terminal, so kiln's live progress bar is
-drawn), kiln:loader-nodoctor and kiln:array-nodoctor (fit(doctor=False)), kiln:loader-quiet and kiln:array-quiet
-(verbose=0), lightning:bare (lean, and no self.log), pair: versions of any kiln config, abba: versions of any kiln
-config (whole fits of kiln and the loop alternating kiln, loop, loop, kiln in one process, each on a fresh copy of
-the network: a cross-check of the epoch pairs that includes each fit's setup and warm-up), kiln:loader-unfused and
-kiln:array-unfused (Adam without torch's fused step, as the hand-written loop builds it: kiln's loop alone; kiln's
-default builds named optimizers fused), and a preview of a change proposed for src/, tried from outside it:
-kiln:array-tty-bar / pair:array-tty-bar (train_overhead_preview.py's constant-cost live bar in place of kiln's).
-pair:loop is the paired method's A/A calibration: the hand-written loop paired with itself.
+drawn), kiln:<data>-nodoctor (fit(doctor=False)), kiln:<data>-quiet (verbose=0), kiln:<data>-unfused (Adam
+without torch's fused step, as the hand-written loop builds it: kiln's loop alone), kiln:loader-bare (all three),
+lightning:bare (lean, and no self.log), and the pair: and abba: versions of every kiln config.
 
-kiln runs with its defaults (device "auto", verbose "auto": one line per epoch when stdout is not a terminal).
-Every run is a fresh subprocess (train_overhead_run.py) with one torch thread (OMP_NUM_THREADS=1 and
-torch.set_num_threads(1)); reps are interleaved (the config order rotates every rep), each ratio is taken against
-torch:loader of the same model in the same rep, and the table shows medians over reps. The speed of one run is the
-median over its timed epochs of each epoch's steps/s, in CPU time of the process (what the targets are judged on:
-on a shared machine it leaves out the time spent waiting for a core) and in wall time. The script also times
-``import kiln`` (with kiln.Model and kiln.data resolved) over ``import torch``, each in fresh interpreters, and
-reports peak RSS (ru_maxrss) of every run.
+Every run has one torch thread (OMP_NUM_THREADS=1 and torch.set_num_threads(1)); reps are interleaved (the config
+order rotates every rep), each ratio is taken against torch:loader of the same model in the same rep, and tables
+show medians over reps. The speed of one run is the median over its timed epochs of each epoch's steps/s, in CPU
+time of the process (what the targets are judged on) and in wall time. ``import kiln`` (with kiln.Model and
+kiln.data resolved) is timed over ``import torch`` in fresh interpreters.
 
 Setup (once; every config runs with the same interpreter, so torch is identical everywhere)::
 
@@ -43,91 +38,76 @@ Setup (once; every config runs with the same interpreter, so torch is identical 
     benchmarks/.venv-peers/bin/pip install torch==2.13.0 lightning "keras>=3" scikit-learn
     benchmarks/.venv-peers/bin/pip install -e .
 
+Without that venv the script says so, runs with this interpreter and leaves out the Lightning and Keras configs.
+
 Run (from the repository root)::
 
-    python benchmarks/train_overhead.py --reps 5 --peer-reps 3          # the recorded run, ~20 min on 2 busy cores
+    python benchmarks/train_overhead.py --reps 5 --peer-reps 3          # ~20 min on 2 busy cores
     python benchmarks/train_overhead.py --reps 1 --models mlp --configs torch:loader kiln:loader kiln:array
-    python benchmarks/train_overhead.py --reps 3 --models mlp cnn --import-reps 0 \\
-        --configs pair:array pair:array-unfused pair:array-tty pair:array-tty-bar pair:loader-nodoctor
-    python benchmarks/train_overhead.py --summarize benchmarks/results/train_overhead/<run>   # re-print a table
+    python benchmarks/train_overhead.py --smoke                         # one short rep on the MLP (~1 min)
+    python benchmarks/train_overhead.py --summarize benchmarks/results/raw/train_overhead/<run>
 
 The peers' harness is found by ``--peers``, else $KILN_PEERS_DIR, else ``../shared/peers/train`` next to the
-repository; its prepare_data.py writes the data into ``--out``/data on first use. Raw results, per-run logs and the
-markdown summary (the text recorded in benchmarks/RESULTS.md) go to ``--out``/<timestamp>/.
+repository. The tables go to benchmarks/results/train_overhead.json; raw rows and per-run logs to
+benchmarks/results/raw/train_overhead/<timestamp>/.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import copy
 import datetime
-import fcntl
-import hashlib
+import itertools
 import json
 import os
-import platform
-import pty
-import select
+import runpy
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-from train_overhead_run import (  # noqa: E402
-    ABBA_CONFIGS,
-    CALIBRATION_CONFIGS,
-    MODELS,
-    PAIR_CONFIGS,
-    PEER_SCRIPTS,
-    default_peers_dir,
-    uses_tty,
-)
+import harness
 
-RUN_SCRIPT = os.path.join(HERE, "train_overhead_run.py")
-PEER_FRAMEWORKS = tuple(PEER_SCRIPTS)
+QUESTION, TITLE = "train_overhead", "Training overhead (issue 2)"
+MODELS = ("mlp", "cnn", "tfm")
 BASELINE = "torch:loader"
-CONFIGS = (
-    "torch:loader",
-    "kiln:loader",
-    "kiln:array",
-    "lightning:default",
-    "lightning:lean",
-    "keras:default",
-    "keras:lean",
-    "pair:loader",
-    "pair:array",
+# kiln runs with its defaults unless a config says otherwise: device "auto", verbose "auto" (a live bar on a
+# terminal, one line per epoch otherwise).
+OWN_CONFIGS: dict[str, dict[str, Any]] = {
+    "torch:loader": {},
+    "kiln:loader": {"data": "loader"},
+    "kiln:array": {"data": "array"},
+    "kiln:array-tty": {"data": "array", "tty": True},
+    "kiln:loader-quiet": {"data": "loader", "verbose": 0},
+    "kiln:array-quiet": {"data": "array", "verbose": 0},
+    "kiln:loader-nodoctor": {"data": "loader", "doctor": False},
+    "kiln:array-nodoctor": {"data": "array", "doctor": False},
+    # Adam without torch's fused step (kiln builds named optimizers fused), as the hand-written loop builds it
+    "kiln:loader-unfused": {"data": "loader", "fused": False},
+    "kiln:array-unfused": {"data": "array", "fused": False},
+    "kiln:loader-bare": {"data": "loader", "doctor": False, "fused": False, "verbose": 0},
+}
+KILN_VARIANTS = tuple(name.split(":")[1] for name in OWN_CONFIGS if name.startswith("kiln:"))
+PEER_SCRIPTS = {"lightning": "bench_lightning.py", "keras": "bench_keras.py"}
+PEER_CONFIGS = ("lightning:default", "lightning:lean", "lightning:bare", "keras:default", "keras:lean")
+CONFIGS = (BASELINE, "kiln:loader", "kiln:array", *PEER_CONFIGS[:2], *PEER_CONFIGS[3:], "pair:loader", "pair:array")
+ALL_CONFIGS = (
+    *dict.fromkeys([*CONFIGS, *OWN_CONFIGS, *PEER_CONFIGS]),
+    *(f"pair:{v}" for v in KILN_VARIANTS if f"pair:{v}" not in CONFIGS),
+    "pair:loop",  # the A/A calibration
+    *(f"abba:{v}" for v in KILN_VARIANTS),
 )
-PREVIEW_CONFIGS = ("kiln:array-tty-bar", "pair:array-tty-bar")
-EXTRA_CONFIGS = (
-    "kiln:array-tty",
-    "kiln:loader-nodoctor",
-    "kiln:array-nodoctor",
-    "kiln:loader-unfused",
-    "kiln:array-unfused",
-    "kiln:loader-bare",
-    "kiln:loader-quiet",
-    "kiln:array-quiet",
-    "lightning:bare",
-    *PREVIEW_CONFIGS,
-    *(c for c in PAIR_CONFIGS if c not in CONFIGS and c not in PREVIEW_CONFIGS),
-    *ABBA_CONFIGS,
-    *CALIBRATION_CONFIGS,
-)
-# The transformer takes ~0.1 s a step on one thread, where loop overheads of tens of microseconds vanish: 2 timed
-# epochs (44 steps) measure it well and keep a 5-rep run near 20 minutes. The small models keep the harness' 14.
+SMOKE_CONFIGS = ("torch:loader", "kiln:loader", "kiln:array", "kiln:array-tty", "pair:array", "abba:array",
+                 "lightning:lean")  # fmt: skip
+# The transformer takes ~0.1 s a step on one thread: 2 timed epochs (44 steps) measure it well and keep a 5-rep run
+# near 20 minutes. Paired runs time epoch by epoch: more, shorter epochs give more pairs.
 TIMED_EPOCHS = {"mlp": 14, "cnn": 14, "tfm": 2}
-# Paired runs (pair:*) time kiln and the loop epoch by epoch; more, shorter epochs give more pairs.
 PAIRED_EPOCHS = {"mlp": 40, "cnn": 12, "tfm": 2}
-DEFAULT_PYTHON = os.path.join(HERE, ".venv-peers", "bin", "python")
-
 IMPORT_SNIPPETS = {
     "torch": "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)",
     "kiln": "import time; t = time.perf_counter(); import kiln; kiln.Model; kiln.Callback; "
@@ -136,528 +116,538 @@ IMPORT_SNIPPETS = {
     "from kiln.data import ArrayDataset; print(time.perf_counter() - t)",
     "bare kiln": "import time; t = time.perf_counter(); import kiln; print(time.perf_counter() - t)",
 }
-
-# The speed of one run: the median over its timed epochs of each epoch's steps per CPU second (robust to other
-# people's work on the shared cores), and the same over wall time. Targets are judged on the CPU-time ratio.
-RATE = "cpu_steps_per_s_epoch_median"
-WALL_RATE = "wall_steps_per_s_epoch_median"
-TARGET_SAME_PATH = 0.97
-TARGET_ARRAY_MLP = 1.5
-TARGET_IMPORT_S = 0.5
-TARGET_RSS = 1.1
+RATE, WALL_RATE = "cpu_steps_per_s_epoch_median", "wall_steps_per_s_epoch_median"  # targets: the CPU-time ratio
+TARGET_SAME_PATH, TARGET_ARRAY_MLP, TARGET_IMPORT_S, TARGET_RSS = 0.97, 1.5, 0.5, 1.1
 
 
-# ---------------------------------------------------------------------------------------------------- running
-def child_env(args: argparse.Namespace, work: str, tty: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[key] = str(args.threads)
-    env.update(
-        KERAS_BACKEND="torch",
-        PYTHONUNBUFFERED="1",
-        BENCH_DATA_DIR=args.data,
-        BENCH_WORK_DIR=work,
-        KILN_PEERS_DIR=args.peers,
-    )
-    if tty:
-        env.setdefault("TERM", "xterm-256color")
-        env.update(COLUMNS="120", LINES="40")
+def uses_tty(config: str) -> bool:
+    """True when ``config`` runs with stdout on a pseudo-terminal (kiln's live progress bar)."""
+    return bool(OWN_CONFIGS.get("kiln:" + config.split(":")[1], {}).get("tty"))
+
+
+# ---------------------------------------------------------------------------------------------------- child side
+def set_step_budget(common: ModuleType, timed_epochs: int) -> None:
+    """Change how many epochs the peers' harness times; its StepTimer and report read these globals at run time."""
+    common.TIMED_EPOCHS = timed_epochs
+    common.EPOCHS = common.WARMUP_EPOCHS + timed_epochs
+    common.TIMED_STEPS = timed_epochs * common.STEPS_PER_EPOCH
+    common.TOTAL_STEPS = common.EPOCHS * common.STEPS_PER_EPOCH
+
+
+def add_epoch_timing(common: ModuleType) -> None:
+    """Make the harness' StepTimer also stamp every epoch boundary, and its report add per-epoch step rates.
+
+    Per-epoch rates (their median ignores bursts of other people's work) and rates over CPU time (which leave out
+    the time the process waited for a core). Each epoch window runs from the last step of the previous epoch to its
+    own last step, so it includes the framework's work between epochs. The patch is in place before the peers'
+    scripts build their timer, so every framework is timed by the same code.
+    """
+    base_timer, base_report = common.StepTimer, common.report
+
+    class EpochStepTimer(base_timer):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            super().__init__()
+            self.wall_marks: list[float] = []
+            self.cpu_marks: list[float] = []
+
+        def tick(self) -> None:
+            super().tick()
+            if self.n % common.STEPS_PER_EPOCH == 0 and self.n >= common.WARMUP_STEPS:
+                self.wall_marks.append(time.perf_counter())
+                self.cpu_marks.append(time.process_time())
+
+    def rates(marks: list[float]) -> list[float]:
+        return [common.STEPS_PER_EPOCH / max(b - a, 1e-9) for a, b in itertools.pairwise(marks)]
+
+    def report(framework: str, mode: str, model: str, timer: Any, t_imported: float, acc: float,
+               extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+        extra = dict(extra or {})
+        wall, cpu = rates(getattr(timer, "wall_marks", [])), rates(getattr(timer, "cpu_marks", []))
+        if wall:
+            extra.update(epoch_steps_per_s=wall, epoch_cpu_steps_per_s=cpu, **{WALL_RATE: statistics.median(wall)},
+                         **{RATE: statistics.median(cpu)})  # fmt: skip
+        base_report(framework, mode, model, timer, t_imported, acc, extra)
+
+    common.StepTimer, common.report = EpochStepTimer, report
+
+
+def fit_kiln(config: str, net: Any, x_train: Any, y_train: Any, common: ModuleType, callbacks: list[Any]) -> None:
+    """Train ``net`` with kiln.Model.fit as kiln config ``config`` says (data path, verbose, doctor, fused Adam)."""
+    import torch_models as M
+
+    import kiln
+    from kiln.data import ArrayDataset
+
+    options = OWN_CONFIGS[config]
+    optimizer_options = {"fused": options["fused"]} if "fused" in options else None
+    trainer = kiln.Model(net, loss="cross_entropy", optimizer="adam", lr=common.LR, optimizer_options=optimizer_options)
+    data = M.loader(x_train, y_train) if options["data"] == "loader" else ArrayDataset(x_train, y_train)
+    fit_options: dict[str, Any] = {"verbose": options.get("verbose", "auto")}
+    if "doctor" in options:  # only where a config changes it, so kiln versions without the option still run
+        fit_options["doctor"] = options["doctor"]
+    trainer.fit(data, epochs=common.EPOCHS, batch_size=common.BATCH, seed=0, callbacks=callbacks, **fit_options)
+
+
+def hand_epochs(net: Any, optimizer: Any, loader: Any, epochs: int, tick: Any = None) -> Any:
+    """The hand-written loop every ratio is taken against; returns the last loss."""
+    import torch.nn.functional as F
+
+    net.train()
+    for _ in range(epochs):
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(net(xb), yb)
+            loss.backward()
+            optimizer.step()
+            if tick is not None:
+                tick()
+    return loss
+
+
+def run_own(config: str, model: str, common: ModuleType) -> None:
+    """The hand-written loop or kiln's fit in this process, timed by the harness' StepTimer after every step."""
+    import torch
+
+    if config.startswith("kiln:"):
+        import kiln
+        from kiln.data import ArrayDataset  # noqa: F401 - imported here so that its cost lands in import_s
+
+        kiln.Model  # noqa: B018 - resolve the lazy export now, so its import cost lands in import_s
+    import torch_models as M  # the peers' reference networks (imports torch and common only)
+
+    t_imported = time.time()
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = M.tensors(model)
+    net = M.build(model)
+    timer = common.StepTimer()
+    extra: dict[str, Any] = {"threads": torch.get_num_threads(), "stdout_tty": sys.stdout.isatty()}
+    if config == BASELINE:
+        timer.start()
+        optimizer = torch.optim.Adam(net.parameters(), lr=common.LR)
+        loss = hand_epochs(net, optimizer, M.loader(x_train, y_train), common.EPOCHS, timer.tick)
+        extra["final_loss"] = loss.item()
     else:
-        env.pop("COLUMNS", None)
-    return env
+
+        class Tick(kiln.Callback):
+            def on_fit_start(self, model: Any) -> None:
+                timer.start()
+
+            def on_train_batch_end(self, model: Any, step: int, loss: torch.Tensor) -> None:
+                self.last_loss = loss
+                timer.tick()
+
+        tick = Tick()
+        fit_kiln(config, net, x_train, y_train, common, [tick])
+        extra["final_loss"] = float(tick.last_loss)
+    framework, mode = config.split(":")
+    common.report(framework, mode, model, timer, t_imported, M.accuracy(net, x_test, y_test), extra)
 
 
-def run_on_pty(command: list[str], env: dict[str, str], cwd: str, log: Any, timeout: float) -> int | str:
-    """Run ``command`` with stdout and stderr on a pseudo-terminal (so it draws live progress) and copy it to log."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
-    os.close(follower)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                process.kill()
-                process.wait()
-                return "timeout"
-            try:
-                chunk = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            log.write(chunk.decode(errors="replace"))
-        return process.wait(timeout=max(1.0, deadline - time.monotonic()))
-    finally:
-        os.close(leader)
+def run_paired(config: str, model: str, common: ModuleType) -> None:
+    """kiln's fit of one copy and, at the end of each kiln epoch, one epoch of the hand-written loop on a twin.
+
+    Neighbouring epochs see the same machine, so (loop epoch time ÷ kiln epoch time) is a far steadier measure of
+    kiln's cost than a ratio of two runs. The kiln epoch runs from the end of the twin's previous epoch to the end of
+    kiln's epoch, so it includes all of kiln's work between epochs; the first epoch of each is warm-up.
+    """
+    import torch
+    import torch_models as M
+
+    import kiln
+
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = M.tensors(model)
+    built = M.build(model)
+    # Both sides get a copy, so neither keeps the original's memory layout (which alone can move speed by percents).
+    net, twin = copy.deepcopy(built), copy.deepcopy(built)
+    del built
+    twin_optimizer, twin_loader = torch.optim.Adam(twin.parameters(), lr=common.LR), M.loader(x_train, y_train)
+
+    class TakeTurns(kiln.Callback):
+        def __init__(self) -> None:
+            self.mark: tuple[float, float] | None = None
+            self.kiln: list[tuple[float, float]] = []  # (wall s, CPU s) per timed epoch
+            self.loop: list[tuple[float, float]] = []
+
+        def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+            now = harness.clocks()
+            if self.mark is not None:
+                self.kiln.append((now[0] - self.mark[0], now[1] - self.mark[1]))
+            hand_epochs(twin, twin_optimizer, twin_loader, 1)
+            done = harness.clocks()
+            if self.mark is not None:
+                self.loop.append((done[0] - now[0], done[1] - now[1]))
+            self.mark = done
+
+    turns = TakeTurns()
+    if config == "kiln:loop":  # the A/A calibration: the timed side is the same hand-written loop as the twin
+        own_optimizer, own_loader = torch.optim.Adam(net.parameters(), lr=common.LR), M.loader(x_train, y_train)
+        for epoch in range(common.EPOCHS):
+            hand_epochs(net, own_optimizer, own_loader, 1)
+            turns.on_epoch_end(None, epoch, {})
+    else:
+        fit_kiln(config, net, x_train, y_train, common, [turns])
+    steps = common.STEPS_PER_EPOCH
+    kiln_times, loop_times = turns.kiln, turns.loop
+    harness.print_result({
+        "framework": "pair", "mode": config.split(":")[1], "model": model, "pairs": len(kiln_times),
+        "wall_ratios": harness.ratios([t[0] for t in loop_times], [t[0] for t in kiln_times]),
+        "cpu_ratios": harness.ratios([t[1] for t in loop_times], [t[1] for t in kiln_times]),
+        "kiln_cpu_steps_per_s": statistics.median(steps / cpu for _, cpu in kiln_times),
+        "loop_cpu_steps_per_s": statistics.median(steps / cpu for _, cpu in loop_times),
+        "test_acc": M.accuracy(net, x_test, y_test), "twin_test_acc": M.accuracy(twin, x_test, y_test),
+    })  # fmt: skip
 
 
-def run_one(config: str, model: str, rep: int, args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
-    """One fresh subprocess for (config, model); returns its RESULT dict (or an error) labelled with ``config``."""
-    tty = uses_tty(config)
-    timed = str((args.paired_epochs if config.startswith("pair:") else args.timed_epochs)[model])
-    command = [args.python, RUN_SCRIPT, "--config", config, "--model", model, "--peers", args.peers]
-    command += ["--timed-epochs", timed, "--threads", str(args.threads)]
-    work = tempfile.mkdtemp(prefix=f"kiln_overhead_{model}_")
-    env = child_env(args, work, tty)
-    log_path = os.path.join(run_dir, "logs", f"{model}_{config.replace(':', '_')}_r{rep}.log")
-    env["BENCH_LAUNCH_T"] = repr(time.time())
-    with open(log_path, "w") as log:
-        if tty:
-            rc: int | str = run_on_pty(command, env, work, log, args.timeout)
+def run_alternating(config: str, model: str, common: ModuleType, blocks: int = 4) -> None:
+    """Whole fits of kiln and of the loop in one process, each on a fresh copy, in the order kiln, loop, loop, kiln.
+
+    Each side pays its whole fit (setup, warm-up epoch, everything between epochs) and allocates its model anew; the
+    ABBA order cancels a steady drift. One ratio per block: (loop time of its two fits) ÷ (kiln time of its two).
+    """
+    import torch
+    import torch_models as M
+
+    torch.manual_seed(0)
+    x_train, y_train, x_test, y_test = M.tensors(model)
+    built = M.build(model)
+    trained: dict[str, Any] = {}
+
+    def fit(side: str) -> tuple[float, float]:
+        net = copy.deepcopy(built)
+        start = harness.clocks()
+        if side == "kiln":
+            fit_kiln(config, net, x_train, y_train, common, [])
         else:
-            try:
-                rc = subprocess.run(
-                    command,
-                    env=env,
-                    cwd=work,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    timeout=args.timeout,
-                ).returncode
-            except subprocess.TimeoutExpired:
-                rc = "timeout"
+            optimizer = torch.optim.Adam(net.parameters(), lr=common.LR)
+            hand_epochs(net, optimizer, M.loader(x_train, y_train), common.EPOCHS)
+        trained[side] = net
+        end = harness.clocks()
+        return end[0] - start[0], end[1] - start[1]
+
+    fit("kiln"), fit("loop")  # warm-up: first-call costs (imports, allocator growth) land on neither side
+    wall, cpu, kiln_cpu, loop_cpu = [], [], [], []
+    for _ in range(blocks):
+        k1, l1, l2, k2 = fit("kiln"), fit("loop"), fit("loop"), fit("kiln")
+        wall.append((l1[0] + l2[0]) / (k1[0] + k2[0]))
+        cpu.append((l1[1] + l2[1]) / (k1[1] + k2[1]))
+        kiln_cpu += [k1[1], k2[1]]
+        loop_cpu += [l1[1], l2[1]]
+    steps = common.EPOCHS * common.STEPS_PER_EPOCH
+    harness.print_result({
+        "framework": "abba", "mode": config.split(":")[1], "model": model, "pairs": blocks, "wall_ratios": wall,
+        "cpu_ratios": cpu, "kiln_cpu_steps_per_s": steps / statistics.median(kiln_cpu),
+        "loop_cpu_steps_per_s": steps / statistics.median(loop_cpu),
+        "test_acc": M.accuracy(trained["kiln"], x_test, y_test),
+        "twin_test_acc": M.accuracy(trained["loop"], x_test, y_test),
+    })  # fmt: skip
+
+
+def child_main(argv: list[str]) -> None:
+    """``child --config C --model M --peers DIR [--timed-epochs N] [--threads T]``: one run, one RESULT line."""
+    parser = argparse.ArgumentParser(prog="train_overhead.py child")
+    parser.add_argument("--config", required=True, choices=ALL_CONFIGS)
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument("--peers", type=Path, default=harness.peers_dir("train"))
+    parser.add_argument("--timed-epochs", type=int, default=None, help="timed epochs (default: the harness' 14)")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.peers))
+    import common  # the peers' harness: stdlib only, so it does not distort import times
+
+    if args.timed_epochs is not None:
+        set_step_budget(common, args.timed_epochs)
+    add_epoch_timing(common)
+    framework, mode = args.config.split(":")
+    if framework in PEER_SCRIPTS:  # the peers' own script, run unchanged in this process
+        script = args.peers / PEER_SCRIPTS[framework]
+        sys.argv = [str(script), "--model", args.model, "--mode", mode]
+        runpy.run_path(str(script), run_name="__main__")
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if framework == "pair":
+        run_paired(f"kiln:{mode}", args.model, common)
+    elif framework == "abba":
+        run_alternating(f"kiln:{mode}", args.model, common)
+    else:
+        run_own(args.config, args.model, common)
+
+
+# ---------------------------------------------------------------------------------------------------- driver side
+def run_one(config: str, model: str, rep: int, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """One fresh child process for (config, model); returns its RESULT dict (or an error) labelled with ``config``."""
+    timed = (args.paired_epochs if config.startswith("pair:") else args.timed_epochs)[model]
+    command = [args.python, __file__, "child", "--config", config, "--model", model, "--peers", str(args.peers),
+               "--timed-epochs", str(timed), "--threads", str(args.threads)]  # fmt: skip
+    work = tempfile.mkdtemp(prefix=f"kiln_overhead_{model}_")
+    env = harness.thread_env(args.threads, KERAS_BACKEND="torch", PYTHONUNBUFFERED="1", BENCH_WORK_DIR=work,
+                             BENCH_DATA_DIR=str(args.data), KILN_PEERS_DIR=str(args.peers))  # fmt: skip
+    env["BENCH_LAUNCH_T"] = repr(time.time())
+    env.pop("COLUMNS", None)
+    log_path = run_dir / "logs" / f"{model}_{config.replace(':', '_')}_r{rep}.log"
+    result = harness.run_for_result(command, env=env, cwd=work, log_path=log_path, timeout=args.timeout,
+                                    tty=uses_tty(config), require_success=False)  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
-    result: dict[str, Any] | None = None
-    with open(log_path, errors="replace") as log:
-        for line in log:
-            start = line.find("RESULT {")
-            if start >= 0:
-                result = json.loads(line[start + len("RESULT ") :].strip())
-    if result is None:
-        result = {"error": f"rc={rc}, see {os.path.relpath(log_path, REPO)}"}
     result.update(config=config, model=model, rep=rep)
     return result
 
 
-def ensure_data(args: argparse.Namespace) -> None:
-    if os.path.isfile(os.path.join(args.data, "bench_data.npz")):
-        return
-    os.makedirs(args.data, exist_ok=True)
-    env = dict(os.environ, BENCH_DATA_DIR=args.data)
-    subprocess.run([args.python, os.path.join(args.peers, "prepare_data.py")], cwd=args.peers, env=env, check=True)
-
-
 def measure_imports(args: argparse.Namespace) -> dict[str, list[float]]:
     """Seconds for each import snippet, each in a fresh interpreter, interleaved; one untimed round first."""
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[key] = str(args.threads)
     times: dict[str, list[float]] = {name: [] for name in IMPORT_SNIPPETS}
     for round_ in range(args.import_reps + 1):
         for name, snippet in IMPORT_SNIPPETS.items():
-            out = subprocess.run(
-                [args.python, "-c", snippet], env=env, cwd=REPO, capture_output=True, text=True, check=True
-            ).stdout
+            out = subprocess.run([args.python, "-c", snippet], env=harness.thread_env(args.threads), cwd=harness.REPO,
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
             if round_ > 0:  # round 0 warms the page cache and writes .pyc files
                 times[name].append(float(out.strip().splitlines()[-1]))
     return times
 
 
-# ---------------------------------------------------------------------------------------------------- reporting
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-def fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def per_rep_ratios(rows: list[dict[str, Any]], model: str, config: str, key: str) -> list[float]:
     base = {r["rep"]: r[key] for r in rows if r["model"] == model and r["config"] == BASELINE and key in r}
-    return [
-        r[key] / base[r["rep"]]
-        for r in rows
-        if r["model"] == model and r["config"] == config and key in r and r["rep"] in base
-    ]
+    mine = [r for r in rows if r["model"] == model and r["config"] == config and key in r and r["rep"] in base]
+    return [r[key] / base[r["rep"]] for r in mine]
 
 
-def speed_table(rows: list[dict[str, Any]]) -> str:
-    configs = [
-        c
-        for c in (*CONFIGS, *EXTRA_CONFIGS)
-        if not c.startswith(("pair:", "abba:")) and any(r["config"] == c for r in rows)
-    ]
-    lines = [
-        "| model | config | n | steps/s, CPU | ratio vs loop, CPU | overhead µs/step, CPU | steps/s, wall | "
-        "ratio vs loop, wall | peak RSS MB | RSS vs loop | import s | test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model in MODELS:
-        for config in configs:
-            runs = [r for r in rows if r["model"] == model and r["config"] == config]
-            if not runs:
-                continue
-            ok = [r for r in runs if RATE in r]
-            if not ok:
-                lines.append(f"| {model} | {config} | 0 | FAILED: {runs[0].get('error')} | | | | | | | | |")
-                continue
-            base = {r["rep"]: r[RATE] for r in rows if r["model"] == model and r["config"] == BASELINE and RATE in r}
-            overhead = [1e6 / r[RATE] - 1e6 / base[r["rep"]] for r in ok if r["rep"] in base]
-            cells = [
-                model,
-                config,
-                str(len(ok)),
-                fmt(median([r[RATE] for r in ok]), 1),
-                fmt(median(per_rep_ratios(rows, model, config, RATE))),
-                fmt(median(overhead), 0),
-                fmt(median([r[WALL_RATE] for r in ok]), 1),
-                fmt(median(per_rep_ratios(rows, model, config, WALL_RATE))),
-                fmt(median([r["peak_rss_mb"] for r in ok]), 0),
-                fmt(median(per_rep_ratios(rows, model, config, "peak_rss_mb"))),
-                fmt(median([r["import_s"] for r in ok])),
-                fmt(median([r["test_acc"] for r in ok]), 3),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def speed_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    configs = [c for c in ALL_CONFIGS if not c.startswith(("pair:", "abba:")) and any(r["config"] == c for r in rows)]
+    fmt, median = harness.fmt, harness.median
+    cells = []
+    for model, config in itertools.product(MODELS, configs):
+        runs = [r for r in rows if r["model"] == model and r["config"] == config]
+        ok = [r for r in runs if RATE in r]
+        if runs and not ok:
+            cells.append([model, config, "0", f"FAILED: {runs[0].get('error')}", *[""] * 8])
+        if not ok:
+            continue
+        base = {r["rep"]: r[RATE] for r in rows if r["model"] == model and r["config"] == BASELINE and RATE in r}
+        overhead = [1e6 / r[RATE] - 1e6 / base[r["rep"]] for r in ok if r["rep"] in base]
+        cells.append([
+            model, config, str(len(ok)), fmt(median(r[RATE] for r in ok), ".1f"),
+            fmt(median(per_rep_ratios(rows, model, config, RATE))), fmt(median(overhead), ".0f"),
+            fmt(median(r[WALL_RATE] for r in ok), ".1f"), fmt(median(per_rep_ratios(rows, model, config, WALL_RATE))),
+            fmt(median(r["peak_rss_mb"] for r in ok), ".0f"),
+            fmt(median(per_rep_ratios(rows, model, config, "peak_rss_mb"))), fmt(median(r["import_s"] for r in ok)),
+            fmt(median(r["test_acc"] for r in ok), ".3f"),
+        ])  # fmt: skip
+    columns = ["model", "config", "n", "steps/s, CPU", "ratio vs loop, CPU", "overhead µs/step, CPU", "steps/s, wall",
+               "ratio vs loop, wall", "peak RSS MB", "RSS vs loop", "import s", "test acc"]  # fmt: skip
+    return harness.table(columns, cells)
 
 
-def paired_table(rows: list[dict[str, Any]], prefix: str = "pair:") -> str:
-    unit = "epoch pairs" if prefix == "pair:" else "ABBA blocks"
-    configs = [c for c in (*CONFIGS, *EXTRA_CONFIGS) if c.startswith(prefix) and any(r["config"] == c for r in rows)]
-    lines = [
-        f"| model | kiln config | runs | {unit} | kiln steps/s, CPU | loop steps/s, CPU | kiln ÷ loop, CPU | "
-        "middle half of the pairs, CPU | kiln ÷ loop, wall | test acc kiln / loop |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for model in MODELS:
-        for config in configs:
-            runs = [r for r in rows if r["model"] == model and r["config"] == config]
-            if not runs:
-                continue
-            ok = [r for r in runs if "cpu_ratios" in r]
-            label = "loop (A/A)" if config in CALIBRATION_CONFIGS else config.replace(prefix, "kiln:")
-            if not ok:
-                lines.append(f"| {model} | {label} | 0 | FAILED: {runs[0].get('error')} | | | | | | |")
-                continue
-            cpu = [x for r in ok for x in r["cpu_ratios"]]
-            wall = [x for r in ok for x in r["wall_ratios"]]
-            low, _, high = statistics.quantiles(cpu, n=4) if len(cpu) > 1 else (cpu[0], cpu[0], cpu[0])
-            accuracy = f"{median([r['test_acc'] for r in ok]):.3f} / {median([r['twin_test_acc'] for r in ok]):.3f}"
-            cells = [
-                model,
-                label,
-                str(len(ok)),
-                str(len(cpu)),
-                fmt(median([r["kiln_cpu_steps_per_s"] for r in ok]), 1),
-                fmt(median([r["loop_cpu_steps_per_s"] for r in ok]), 1),
-                f"**{median(cpu):.3f}**",
-                f"{low:.3f} – {high:.3f}",
-                fmt(median(wall), 3),
-                accuracy,
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def paired_table(rows: list[dict[str, Any]], prefix: str, caption: str) -> dict[str, Any]:
+    configs = [c for c in ALL_CONFIGS if c.startswith(prefix) and any(r["config"] == c for r in rows)]
+    cells = []
+    for model, config in itertools.product(MODELS, configs):
+        runs = [r for r in rows if r["model"] == model and r["config"] == config]
+        ok = [r for r in runs if "cpu_ratios" in r]
+        label = "loop (A/A)" if config == "pair:loop" else config.replace(prefix, "kiln:")
+        if runs and not ok:
+            cells.append([model, label, "0", f"FAILED: {runs[0].get('error')}", *[""] * 6])
+        if not ok:
+            continue
+        cpu = [x for r in ok for x in r["cpu_ratios"]]
+        wall = [x for r in ok for x in r["wall_ratios"]]
+        low, high = harness.middle_half(cpu)
+        accuracy = (
+            f"{harness.median(r['test_acc'] for r in ok):.3f} / {harness.median(r['twin_test_acc'] for r in ok):.3f}"
+        )
+        kiln_rate, loop_rate = (harness.median(r[f"{side}_cpu_steps_per_s"] for r in ok) for side in ("kiln", "loop"))
+        cells.append([
+            model, label, str(len(ok)), str(len(cpu)), harness.fmt(kiln_rate, ".1f"), harness.fmt(loop_rate, ".1f"),
+            f"**{statistics.median(cpu):.3f}**", f"{low:.3f} – {high:.3f}", harness.fmt(harness.median(wall), ".3f"),
+            accuracy,
+        ])  # fmt: skip
+    what = "epoch pairs" if prefix == "pair:" else "ABBA blocks"
+    columns = ["model", "kiln config", "runs", what, "kiln steps/s, CPU", "loop steps/s, CPU", "kiln ÷ loop, CPU",
+               "middle half of the pairs, CPU", "kiln ÷ loop, wall", "test acc kiln / loop"]  # fmt: skip
+    return harness.table(columns, cells, caption=caption)
 
 
-def paired_ratio(rows: list[dict[str, Any]], model: str, config: str, key: str = "cpu_ratios") -> float | None:
-    return median([x for r in rows if r["model"] == model and r["config"] == config for x in r.get(key, [])])
-
-
-def import_table(times: dict[str, list[float]]) -> tuple[str, float | None]:
-    medians = {name: median(values) for name, values in times.items()}
-    lines = ["| snippet (fresh interpreter) | n | median s | min s |", "|---|---|---|---|"]
-    for name, values in times.items():
-        fastest = min(values) if values else None
-        lines.append(f"| {name} | {len(values)} | {fmt(medians[name], 3)} | {fmt(fastest, 3)} |")
-    if medians.get("kiln") is None or medians.get("torch") is None or medians.get("kiln after torch") is None:
-        return "\n".join(lines), None
-    difference = medians["kiln"] - medians["torch"]
-    lines.append(f"| kiln over torch: median kiln - median torch | | {difference:.3f} | |")
-    # Two noisy estimates of one quantity; the target is judged on the larger.
-    over = max(difference, medians["kiln after torch"])
-    lines.append(f"| **kiln over torch** (larger of the two estimates) | | **{over:.3f}** | |")
-    return "\n".join(lines), over
-
-
-def verdict(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("met" if ok else "**missed**")
+def import_table(times: dict[str, list[float]]) -> tuple[dict[str, Any], float | None]:
+    medians = {name: harness.median(values) for name, values in times.items()}
+    cells = [[name, str(len(v)), harness.fmt(medians[name], ".3f"), harness.fmt(min(v, default=None), ".3f")]
+             for name, v in times.items()]  # fmt: skip
+    over = None
+    if None not in (medians.get("kiln"), medians.get("torch"), medians.get("kiln after torch")):
+        difference = medians["kiln"] - medians["torch"]  # type: ignore[operator]
+        over = max(difference, medians["kiln after torch"])  # type: ignore[type-var]  # two estimates: the larger
+        cells += [["kiln over torch: median kiln - median torch", "", f"{difference:.3f}", ""],
+                  ["**kiln over torch** (larger of the two estimates)", "", f"**{over:.3f}**", ""]]  # fmt: skip
+    caption = ("Import time (`kiln` = `import kiln` plus resolving `kiln.Model`, `kiln.Callback` and "
+               "`kiln.data.ArrayDataset`; `bare kiln` = `import kiln` alone, which is lazy):")  # fmt: skip
+    return harness.table(["snippet (fresh interpreter)", "n", "median s", "min s"], cells, caption=caption), over
 
 
 def target_lines(rows: list[dict[str, Any]], import_over: float | None) -> list[str]:
-    def speed(model: str, variant: str, goal: float, text: str) -> None:
-        separate = median(per_rep_ratios(rows, model, f"kiln:{variant}", RATE))
-        separate_wall = median(per_rep_ratios(rows, model, f"kiln:{variant}", WALL_RATE))
-        paired = paired_ratio(rows, model, f"pair:{variant}")
-        paired_wall = paired_ratio(rows, model, f"pair:{variant}", "wall_ratios")
-        judged = paired if paired is not None else separate
-        if judged is None:
-            return
-        parts = []
-        if paired is not None:
-            parts.append(f"paired {paired:.3f}× CPU ({fmt(paired_wall, 3)}× wall)")
-        if separate is not None:
-            parts.append(f"separate processes {separate:.2f}× CPU ({fmt(separate_wall)}× wall)")
-        lines.append(f"- {text}: {'; '.join(parts)} — {verdict(judged >= goal)}")
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
 
     lines: list[str] = []
-    for model in MODELS:
-        speed(model, "loader", TARGET_SAME_PATH, f"kiln ≥ {TARGET_SAME_PATH}× the loop, same DataLoader, {model}")
-    speed("mlp", "array", TARGET_ARRAY_MLP, f"kiln ≥ {TARGET_ARRAY_MLP}× the loop on the MLP, ArrayDataset")
+    for model, variant, goal in [
+        *((m, "loader", TARGET_SAME_PATH) for m in MODELS),
+        ("mlp", "array", TARGET_ARRAY_MLP),
+    ]:
+        separate = harness.median(per_rep_ratios(rows, model, f"kiln:{variant}", RATE))
+        paired = harness.median(x for r in rows if r["model"] == model and r["config"] == f"pair:{variant}"
+                                for x in r.get("cpu_ratios", []))  # fmt: skip
+        judged = paired if paired is not None else separate
+        if judged is not None:
+            parts = [f"paired {paired:.3f}× CPU"] if paired is not None else []
+            parts += [f"separate processes {separate:.2f}× CPU"] if separate is not None else []
+            lines.append(
+                f"- kiln ≥ {goal}× the loop, {variant}, {model}: {'; '.join(parts)} — {verdict(judged >= goal)}"
+            )
     if import_over is not None:
-        lines.append(
-            f"- `import kiln` ≤ {TARGET_IMPORT_S} s over `import torch`: {import_over:.3f} s — "
-            f"{verdict(import_over <= TARGET_IMPORT_S)}"
-        )
-    for config in ("kiln:loader", "kiln:array"):
-        for model in MODELS:
-            ratio = median(per_rep_ratios(rows, model, config, "peak_rss_mb"))
-            if ratio is not None:
-                lines.append(
-                    f"- peak RSS of a kiln fit ≤ {TARGET_RSS}× the loop's, {config}, {model}: "
-                    f"{ratio:.2f}× — {verdict(ratio <= TARGET_RSS)}"
-                )
+        lines.append(f"- `import kiln` ≤ {TARGET_IMPORT_S} s over `import torch`: {import_over:.3f} s — "
+                     f"{verdict(import_over <= TARGET_IMPORT_S)}")  # fmt: skip
+    for config, model in itertools.product(("kiln:loader", "kiln:array"), MODELS):
+        ratio = harness.median(per_rep_ratios(rows, model, config, "peak_rss_mb"))
+        if ratio is not None:
+            lines.append(f"- peak RSS ≤ {TARGET_RSS}× the loop's, {config}, {model}: {ratio:.2f}× — "
+                         f"{verdict(ratio <= TARGET_RSS)}")  # fmt: skip
     return lines
 
 
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}"
-
-
-def versions(python: str) -> str:
-    snippet = (
-        "import importlib.metadata as m, platform\n"
-        "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n"
-        "        return 'not installed'\n"
-        'print(f\'Python {platform.python_version()}, torch {v("torch")}, lightning {v("lightning")}, \''
-        'f\'keras {v("keras")}, kiln {v("kiln")}\')'
-    )
-    out = subprocess.run([python, "-c", snippet], capture_output=True, text=True)
-    return out.stdout.strip() or out.stderr.strip()
-
-
-def source_fingerprint() -> str:
-    """A short hash of kiln's source files: shows whether src/ changed while the benchmark ran."""
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(os.path.join(REPO, "src", "kiln"))):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith(".py"):
-                with open(os.path.join(root, name), "rb") as f:
-                    digest.update(name.encode() + f.read())
-    return digest.hexdigest()[:12]
-
-
-def git_revision() -> str:
-    def git(*argv: str) -> str:
-        return subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    dirty = " (src/ has uncommitted changes)" if git("status", "--porcelain", "--", "src") else ""
-    return f"{git('rev-parse', '--short', 'HEAD')}{dirty}"
-
-
-def summary(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[str, list[float]] | None) -> str:
+def summarize(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[str, list[float]] | None) -> dict:
+    """The run's tables and target lines, from the raw rows of a finished run."""
     steps = ", ".join(f"{m} {22 * meta['timed_epochs'][m]}" for m in MODELS)
-    peer_reps = meta.get("peer_reps")
-    peers_note = "" if peer_reps is None else f", Lightning and Keras in the first {peer_reps} of them"
-    out = [
-        f"Command: `{meta['command']}`  ",
-        f"Date: {meta['date']}  ",
-        f"Machine: {meta['machine']}; load average {meta['load_start']} at start, {meta['load_end']} at end "
-        "(shared with other engineers' test runs)  ",
-        f"Software: {meta['versions']}; kiln at {meta['revision']}, source fingerprint {meta.get('source_start')}"
-        + (
-            ""
-            if meta.get("source_start") == meta.get("source_end")
-            else f" at start and {meta.get('source_end')} at end: **src/ changed during the run**"
-        )
-        + "  ",
-        f"Reps: {meta['reps']} interleaved (config order rotated each rep){peers_note}; "
-        f"{meta['threads']} torch thread; "
-        f"timed steps per run after a 22-step warm-up epoch: {steps}",
-        "",
-        "The speed of one run is the median over its timed epochs of each epoch's steps per second, in CPU time "
-        "(`time.process_time`, all threads of the process: leaves out the time spent waiting for a core while "
-        "other people's tests ran) and in wall time. An epoch window includes the framework's work between epochs. "
-        "steps/s: median over reps. ratio vs loop: median over reps of (steps/s ÷ torch:loader steps/s of the same "
-        "model in the same rep); overhead µs/step likewise. RSS vs loop: the same ratio for peak RSS (ru_maxrss). "
-        "import s: launch until the framework's imports finished. test acc: held-out accuracy after the run.",
-        "",
-        speed_table(rows),
-    ]
-    if any("cpu_ratios" in r and r["config"].startswith("pair:") for r in rows):
-        pairs = ", ".join(f"{m} {meta['paired_epochs'][m]}" for m in MODELS)
-        out += [
-            "",
-            "Paired runs (train_overhead_paired.py): one process trains two copies of the network with the same "
-            "initial weights, kiln's fit and the hand-written loop over its own DataLoader taking turns epoch by "
-            "epoch, so both sides of every ratio saw the same machine. kiln ÷ loop: median over all epoch pairs of "
-            "the reps of (loop epoch time ÷ kiln epoch time); above 1 kiln is faster. The kiln epoch includes "
-            "everything fit does between "
-            f"epochs. Timed epoch pairs per run after one warm-up epoch each: {pairs}.",
-            "",
-            paired_table(rows),
-        ]
-    if any("cpu_ratios" in r and r["config"].startswith("abba:") for r in rows):
-        out += [
-            "",
-            "Alternating whole fits (abba:*, train_overhead_paired.py): in one process, whole fits of kiln and of the "
-            "loop, each on a fresh copy of the network, in the order kiln, loop, loop, kiln; kiln ÷ loop per block = "
-            "(loop time of its two fits) ÷ (kiln time of its two fits), median over the blocks of the reps. Each fit "
-            "includes its setup and warm-up epoch.",
-            "",
-            paired_table(rows, "abba:"),
-        ]
+    pairs = ", ".join(f"{m} {meta['paired_epochs'][m]}" for m in MODELS)
+    peers = "" if meta.get("peer_reps") is None else f", Lightning and Keras in the first {meta['peer_reps']} of them"
+    tables = [speed_table(rows)]
+    if any(r["config"].startswith("pair:") for r in rows):
+        tables.append(paired_table(rows, "pair:", (
+            "Paired runs (pair:*): one process trains two copies of the network with the same initial weights, "
+            "kiln's fit and the hand-written loop over its own DataLoader taking turns epoch by epoch, so both sides "
+            "of every ratio saw the same machine. kiln ÷ loop: median over all epoch pairs of the reps of (loop epoch "
+            "time ÷ kiln epoch time); above 1 kiln is faster. The kiln epoch includes everything fit does between "
+            f"epochs. Timed epoch pairs per run after one warm-up epoch each: {pairs}.")))  # fmt: skip
+    if any(r["config"].startswith("abba:") for r in rows):
+        tables.append(paired_table(rows, "abba:", (
+            "Alternating whole fits (abba:*): in one process, whole fits of kiln and of the loop, each on a fresh "
+            "copy of the network, in the order kiln, loop, loop, kiln; kiln ÷ loop per block = (loop time of its two "
+            "fits) ÷ (kiln time of its two fits), median over the blocks of the reps. Each fit includes its setup "
+            "and warm-up epoch.")))  # fmt: skip
     import_over = None
     if imports:
-        table, import_over = import_table(imports)
-        out += [
-            "",
-            "Import time (`kiln` = `import kiln` plus resolving `kiln.Model`, `kiln.Callback` and "
-            "`kiln.data.ArrayDataset`; `bare kiln` = `import kiln` alone, which is lazy):",
-            "",
-            table,
-        ]
-    out += [
-        "",
-        "Targets (speed judged on the paired runs where present: they are the precise measurement on a shared "
-        "machine):",
-        "",
-        *target_lines(rows, import_over),
-    ]
-    return "\n".join(out) + "\n"
+        spec, import_over = import_table(imports)
+        tables.append(spec)
+    return {
+        "conditions": [
+            f"Reps: {meta['reps']} interleaved (config order rotated each rep){peers}; {meta['threads']} "
+            f"torch thread; timed steps per run after a 22-step warm-up epoch: {steps}"
+        ],
+        "description": (
+            "The speed of one run is the median over its timed epochs of each epoch's steps per second, in CPU time "
+            "(`time.process_time`, all threads of the process: leaves out the time spent waiting for a core while "
+            "other people's tests ran) and in wall time. An epoch window includes the framework's work between "
+            "epochs. steps/s: median over reps. ratio vs loop: median over reps of (steps/s ÷ torch:loader steps/s "
+            "of the same model in the same rep); overhead µs/step likewise. RSS vs loop: the same ratio for peak RSS "
+            "(ru_maxrss). import s: launch until the framework's imports finished. test acc: held-out accuracy."
+        ),
+        "tables": tables,
+        "notes": "Targets (speed judged on the paired runs where present):\n\n"
+        + "\n".join(target_lines(rows, import_over)),
+    }
 
 
-# ---------------------------------------------------------------------------------------------------- main
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument(
-        "--configs",
-        nargs="+",
-        default=list(CONFIGS),
-        choices=[*CONFIGS, *EXTRA_CONFIGS],
-        metavar="CONFIG",
-        help=f"default: {' '.join(CONFIGS)}; also: {' '.join(EXTRA_CONFIGS)} (see above)",
-    )
+    extra = " ".join(c for c in ALL_CONFIGS if c not in CONFIGS)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=ALL_CONFIGS, metavar="CONFIG",
+                        help=f"default: {' '.join(CONFIGS)}; also: {extra}")  # fmt: skip
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument(
-        "--peer-reps",
-        type=int,
-        default=None,
-        help="run the lightning and keras configs in only the first N reps (they are slow and only give context)",
-    )
+    parser.add_argument("--peer-reps", type=int, help="run the lightning and keras configs in the first N reps only")
     parser.add_argument("--import-reps", type=int, default=7, help="fresh interpreters per import snippet (0: skip)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads in every run (default 1)")
-    parser.add_argument(
-        "--timed-epochs",
-        type=int,
-        default=None,
-        help="timed epochs for every model and config (default: mlp 14, cnn 14, tfm 2; paired: mlp 40, cnn 12, tfm 2)",
-    )
-    parser.add_argument(
-        "--python",
-        default=DEFAULT_PYTHON if os.path.exists(DEFAULT_PYTHON) else sys.executable,
-        help="interpreter for every run; needs torch, kiln and (for the peers) lightning and keras "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--peers",
-        default=default_peers_dir(),
-        help="the peers' training harness ($KILN_PEERS_DIR; default: %(default)s)",
-    )
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "train_overhead"))
+    parser.add_argument("--timed-epochs", type=int, help="for every model and config (default: mlp/cnn 14, tfm 2; "
+                        "paired: mlp 40, cnn 12, tfm 2)")  # fmt: skip
+    parser.add_argument("--python", help="interpreter for every run (default: benchmarks/.venv-peers/bin/python)")
+    parser.add_argument("--peers", type=Path, default=harness.peers_dir("train"), help="the peers' harness folder")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
-    parser.add_argument("--summarize", metavar="RUN_DIR", help="re-print the summary of a finished run and exit")
+    parser.add_argument("--summarize", type=Path, metavar="RUN_DIR", help="re-print the tables of a finished run")
+    harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
-    args.peers = os.path.abspath(args.peers)
-    args.data = os.path.join(os.path.abspath(args.out), "data")
+    if args.smoke:
+        args.models, args.configs, args.reps, args.import_reps, args.timed_epochs = (
+            ["mlp"],
+            list(SMOKE_CONFIGS),
+            1,
+            1,
+            1,
+        )
     if args.timed_epochs is None:
         args.timed_epochs, args.paired_epochs = dict(TIMED_EPOCHS), dict(PAIRED_EPOCHS)
     else:
         args.timed_epochs = args.paired_epochs = dict.fromkeys(MODELS, args.timed_epochs)
-    if not args.summarize and not os.path.isfile(os.path.join(args.peers, "common.py")):
+    if not args.summarize and not (args.peers / "common.py").is_file():
         parser.error(
-            f"--peers {args.peers} is not the peers' harness (no common.py); pass --peers or set KILN_PEERS_DIR."
+            f"--peers {args.peers} is not the peers' harness (no common.py); pass --peers or set KILN_PEERS_DIR"
         )
+    if args.python is None and not args.summarize:
+        args.python = harness.side_python(".venv-peers", "Lightning and Keras")
+        if args.python is None:
+            args.python = sys.executable
+            args.configs = [c for c in args.configs if c.split(":")[0] not in PEER_SCRIPTS]
     return args
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     args = parse_args()
     if args.summarize:
-        with open(os.path.join(args.summarize, "meta.json")) as f:
-            meta = json.load(f)
-        with open(os.path.join(args.summarize, "raw.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-        imports_path = os.path.join(args.summarize, "imports.json")
-        imports = None
-        if os.path.exists(imports_path):
-            with open(imports_path) as f:
-                imports = json.load(f)
-        print(summary(meta, rows, imports))
+        meta = json.loads((args.summarize / "meta.json").read_text())
+        rows = [json.loads(line) for line in (args.summarize / "raw.jsonl").read_text().splitlines()]
+        imports_path = args.summarize / "imports.json"
+        imports = json.loads(imports_path.read_text()) if imports_path.exists() else None
+        for spec in summarize(meta, rows, imports)["tables"]:
+            print(f"\n{spec.get('caption', '')}\n\n{harness.markdown_table(spec)}")
         return
-
-    ensure_data(args)
-    run_dir = os.path.join(args.out, datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(os.path.join(run_dir, "logs"))
-    meta = {
-        "command": " ".join(["python", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "machine": machine_line(),
-        "versions": versions(args.python),
-        "revision": git_revision(),
-        "reps": args.reps,
-        "peer_reps": args.peer_reps,
-        "threads": args.threads,
-        "timed_epochs": args.timed_epochs,
-        "paired_epochs": args.paired_epochs,
-        "load_start": load_average(),
-        "source_start": source_fingerprint(),
-    }
-    print(f"{meta['versions']}; kiln at {meta['revision']}; results in {os.path.relpath(run_dir, REPO)}", flush=True)
-    if BASELINE not in args.configs:
-        print(f"note: {BASELINE} is not among the configs, so there are no ratios", file=sys.stderr)
+    args.data = harness.raw_dir(args, QUESTION) / "data"
+    harness.ensure_peer_data(args.python, args.peers, args.data)
+    run_dir = harness.raw_dir(args, QUESTION) / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    (run_dir / "logs").mkdir(parents=True)
+    record = harness.new_run(args.run_name, python=args.python, packages=("torch", "lightning", "keras", "kiln"))
+    meta = {"command": record["command"], "reps": args.reps, "peer_reps": args.peer_reps, "threads": args.threads,
+            "timed_epochs": args.timed_epochs, "paired_epochs": args.paired_epochs}  # fmt: skip
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(f"{record['software']}; kiln at {record['revision']}; raw rows in {run_dir}", flush=True)
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
-    for rep in range(args.reps):
-        for model in args.models:
-            shift = rep % len(args.configs)  # rotate the order so no config always runs first or after another
-            for config in args.configs[shift:] + args.configs[:shift]:
-                if config.split(":")[0] in PEER_FRAMEWORKS and args.peer_reps is not None and rep >= args.peer_reps:
-                    continue
-                result = run_one(config, model, rep, args, run_dir)
-                rows.append(result)
-                with open(os.path.join(run_dir, "raw.jsonl"), "a") as f:
-                    f.write(json.dumps(result) + "\n")
-                message = result.get("error")
-                if "cpu_ratios" in result:
-                    message = (
-                        f"kiln ÷ loop {median(result['cpu_ratios']):.3f} CPU {median(result['wall_ratios']):.3f} wall "
-                        f"over {result['pairs']} {'epoch pairs' if config.startswith('pair:') else 'ABBA blocks'}"
-                    )
-                elif RATE in result:
-                    message = (
-                        f"{result[RATE]:7.1f} steps/s CPU {result[WALL_RATE]:7.1f} wall  "
-                        f"RSS {result['peak_rss_mb']:.0f} MB  acc {result['test_acc']:.3f}"
-                    )
-                print(f"[rep {rep} {time.monotonic() - started:6.0f}s] {model:3s} {config:18s} {message}", flush=True)
+    for rep, model in itertools.product(range(args.reps), args.models):
+        for config in harness.rotated(args.configs, rep):  # no config always runs first or after another
+            if config.split(":")[0] in PEER_SCRIPTS and args.peer_reps is not None and rep >= args.peer_reps:
+                continue
+            result = run_one(config, model, rep, args, run_dir)
+            rows.append(result)
+            with open(run_dir / "raw.jsonl", "a") as handle:
+                handle.write(json.dumps(result) + "\n")
+            message = result.get("error")
+            if "cpu_ratios" in result:
+                message = f"kiln ÷ loop {statistics.median(result['cpu_ratios']):.3f} CPU over {result['pairs']} pairs"
+            elif RATE in result:
+                message = (
+                    f"{result[RATE]:7.1f} steps/s CPU  RSS {result['peak_rss_mb']:.0f} MB  acc {result['test_acc']:.3f}"
+                )
+            print(f"[rep {rep} {time.monotonic() - started:5.0f}s] {model} {config:20s} {message}", flush=True)
     imports = measure_imports(args) if args.import_reps > 0 else None
     if imports:
-        with open(os.path.join(run_dir, "imports.json"), "w") as f:
-            json.dump(imports, f)
-    meta["load_end"], meta["source_end"] = load_average(), source_fingerprint()
-    with open(os.path.join(run_dir, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
-    text = summary(meta, rows, imports)
-    with open(os.path.join(run_dir, "summary.md"), "w") as f:
-        f.write(text)
-    print()
-    print(text)
+        (run_dir / "imports.json").write_text(json.dumps(imports))
+    summary = summarize(meta, rows, imports)
+    record["conditions"] += summary.pop("conditions")
+    record.update(title="Recorded run" if args.run_name == "main" else None, **summary)
+    for spec in record["tables"]:
+        print(f"\n{spec.get('caption', '')}\n\n{harness.markdown_table(spec)}")
+    print("\n" + record["notes"])
+    path = harness.result_path(args, QUESTION)
+    harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        child_main(sys.argv[2:])
+    else:
+        main()
