@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -42,8 +42,13 @@ from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, thi
 from .names import check_file_name, check_name, check_run_id
 from .schema import metrics, run_artifacts, runs
 
-if TYPE_CHECKING:
-    from .store import Store
+
+class RunStore(Protocol):
+    """What a :class:`Run` needs of its store (the Store satisfies it; runs.py does not import store.py)."""
+
+    database: Database
+
+    def log_artifact(self, run_id: str, name: str, path: str | os.PathLike[str]) -> Blob: ...
 
 __all__ = [
     "REPORTED_STATUSES",
@@ -343,7 +348,7 @@ class Run:
     """
 
     def __init__(
-        self, store: Store, run_id: str, name: str, *, flush_rows: int = 2000, flush_seconds: float = 15.0
+        self, store: RunStore, run_id: str, name: str, *, flush_rows: int = 2000, flush_seconds: float = 15.0
     ) -> None:
         self.store, self.id, self.name = store, run_id, name
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
