@@ -124,6 +124,8 @@ def fused_linear_cross_entropy(
     return loss, lse, _or_empty(grad_input, input), _or_empty(grad_weight, weight), _or_empty(grad_bias, weight)
 
 
+# These fakes take the op's inputs as torch passes them, positionally, and unpack them as the setup_context functions
+# do: the long signature is written once, on the op.
 @fused_linear_cross_entropy.register_fake
 def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     input, weight, _, bias, _, _, reduction, _, compute_grad = inputs
