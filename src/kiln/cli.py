@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 from . import __version__
 
 Handler = Callable[[argparse.Namespace], int]
+
+# Subsystems that bring their own verbs: each module has ``add_commands(sub)``, registering parsers whose handlers
+# import the subsystem lazily (the module itself imports only argparse, so `kiln --help` stays instant).
+_VERB_MODULES: tuple[str, ...] = ()
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -361,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(sub)
     _add_serve(sub)
     _add_predict(sub)
+    for module in _VERB_MODULES:
+        import_module(module).add_commands(sub)
     return parser
 
 
