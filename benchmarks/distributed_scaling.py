@@ -64,9 +64,7 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -96,113 +94,6 @@ PREVIEWS = {
 RANKS = (1, 2)
 TARGET_SCALING = 1.7
 COMPUTE_BOUND_COMM_SHARE = 0.10  # all_reduce time / step compute time at or below which a case is compute-bound
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-# ---------------------------------------------------------------------------------------------------- machine load
-def load_average() -> float:
-    with open("/proc/loadavg") as handle:
-        return float(handle.read().split()[0])
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds all cores have spent busy since boot (everything but idle and iowait in /proc/stat)."""
-    with open("/proc/stat") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants: torchrun's and Lightning's ranks too
-    return usage.ru_utime + usage.ru_stime
-
-
-def become_subreaper() -> None:
-    """Adopt orphaned descendants (Lightning's launcher does not wait for its rank-1 process), so they can be reaped
-    and their CPU time counted as this script's own, not as other processes'."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-
-def reap_descendants(timeout: float = 60.0) -> int:
-    """Wait for every adopted descendant to exit (none outlives its run into the next); returns how many there were."""
-    reaped, deadline = 0, time.monotonic() + timeout
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        if pid:
-            reaped += 1
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"descendants of a finished run still alive after {timeout:.0f} s")
-        else:
-            time.sleep(0.05)
-
-
-def wait_for_quiet(max_load: float, max_wait: float, poll: float = 30.0) -> list[str]:
-    """Poll ``uptime`` until the 1-minute load average is below ``max_load`` or ``max_wait`` seconds have passed."""
-    seen = [uptime()]
-    deadline = time.monotonic() + max_wait
-    while load_average() >= max_load and time.monotonic() < deadline:
-        print(f"load {load_average():.2f} >= {max_load}: waiting ({seen[-1]})", flush=True)
-        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
-        seen.append(uptime())
-    return seen
-
-
-def others_busy_cores(seconds: float = 3.0) -> float:
-    """Cores kept busy by other processes over ``seconds`` while this script runs nothing (from /proc/stat)."""
-    busy, own = busy_cpu_seconds(), children_cpu_seconds()
-    time.sleep(seconds)
-    return max(0.0, (busy_cpu_seconds() - busy) - (children_cpu_seconds() - own)) / seconds
-
-
-class QuietGate:
-    """Runs only while the machine is quiet, and redoes runs that other processes disturbed, within one time budget.
-
-    Before each run it waits while other processes keep more than ``max_busy`` cores busy (the load average cannot
-    tell: this script's own runs keep it near 1.5 for a minute after they end); a run during which others took more
-    than ``max_share`` of the machine is done again (``retries`` times at most). Waiting and discarded runs share
-    ``budget`` seconds, so the benchmark stays bounded on a machine that never gets quiet; after that, runs are kept
-    as they come and the summary reports how disturbed they were.
-    """
-
-    def __init__(self, *, max_busy: float, max_share: float, retries: int, budget: float, poll: float = 5.0) -> None:
-        self.max_busy, self.max_share, self.retries, self.poll = max_busy, max_share, retries, poll
-        self.deadline = time.monotonic() + budget
-        self.waited_s = self.discarded_s = 0.0
-        self.discarded = 0
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def wait(self) -> float:
-        """Wait (within the budget) until others keep at most ``max_busy`` cores busy; returns the last reading."""
-        start = time.monotonic()
-        busy = others_busy_cores(1.0)
-        while busy > self.max_busy and self.left() > 0:
-            time.sleep(min(self.poll, max(0.0, self.left())))
-            busy = others_busy_cores(1.0)
-        self.waited_s += time.monotonic() - start
-        return busy
-
-    def keep(self, record: dict[str, Any], attempt: int) -> bool:
-        """False when ``record`` should be discarded and run again."""
-        disturbed = record["others_cpu_share"] > self.max_share or "error" in record
-        if disturbed and attempt < self.retries and self.left() > 0:
-            self.discarded += 1
-            self.discarded_s += record["run_wall_s"]
-            self.deadline -= record["run_wall_s"]
-            return False
-        return True
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -221,13 +112,13 @@ def run_one(args: argparse.Namespace, case: str, framework: str, ranks: int, rep
     env = harness.thread_env(1, PYTHONUNBUFFERED="1", KILN_PEERS_DIR=str(args.peers))
     name = f"{case.replace(':', '_')}_{framework}_{ranks}r_rep{rep}" + (f"_attempt{attempt}" if attempt else "")
     log_path = args.run_dir / "logs" / f"{name}.log"
-    load_before = load_average()
-    busy, own, start = busy_cpu_seconds(), children_cpu_seconds(), time.perf_counter()
+    load_before = harness.load_average_1min()
+    busy, own, start = harness.busy_cpu_seconds(), harness.children_cpu_seconds(), time.perf_counter()
     result = harness.run_for_result(command_for(args, case, framework, ranks), env=env, cwd=harness.REPO,
                                     log_path=log_path, timeout=args.timeout)  # fmt: skip
-    orphans = reap_descendants()
+    orphans = harness.reap_descendants()
     wall = time.perf_counter() - start
-    others = (busy_cpu_seconds() - busy) - (children_cpu_seconds() - own)
+    others = (harness.busy_cpu_seconds() - busy) - (harness.children_cpu_seconds() - own)
     record: dict[str, Any] = {"case": case, "rep": rep, "run_wall_s": wall, "load_before": load_before,
                               "orphans_reaped": orphans,
                               "others_cpu_share": max(0.0, others) / (wall * (os.cpu_count() or 1))}  # fmt: skip
@@ -252,14 +143,14 @@ def run_all(args: argparse.Namespace) -> Path:
     (args.run_dir / "logs").mkdir(parents=True)
     args.work.mkdir()
     harness.ensure_peer_data(args.python, args.peers, args.data)
-    become_subreaper()
+    harness.become_subreaper()
     started = time.monotonic()
-    waited = wait_for_quiet(args.max_load, args.max_wait)
+    waited = harness.wait_for_quiet(args.max_load, args.max_wait)
     meta: dict[str, Any] = {"uptime_before": waited[-1], "uptime_waits": waited[:-1], "max_load": args.max_load,
                             "cores": os.cpu_count()}  # fmt: skip
     print(f"run {args.run_dir}\n{meta['uptime_before']}", flush=True)
     (args.run_dir / "meta.json").write_text(json.dumps(meta, indent=1))  # rewritten at the end; kept if interrupted
-    gate = QuietGate(max_busy=args.max_busy, max_share=args.max_share, retries=args.retries,
+    gate = harness.QuietGate(max_busy=args.max_busy, max_share=args.max_share, retries=args.retries,
                      budget=max(0.0, args.max_wait - (time.monotonic() - started)))  # fmt: skip
     with open(args.run_dir / "results.jsonl", "w") as out:
         for rep in range(args.reps):
@@ -281,7 +172,7 @@ def run_all(args: argparse.Namespace) -> Path:
                     )
                     if record["kept"]:
                         break
-    meta["uptime_after"] = uptime()
+    meta["uptime_after"] = harness.uptime()
     meta["gate"] = {"max_busy": args.max_busy, "max_share": args.max_share, "waited_s": gate.waited_s,
                     "discarded_runs": gate.discarded, "discarded_s": gate.discarded_s}  # fmt: skip
     (args.run_dir / "meta.json").write_text(json.dumps(meta, indent=1))

@@ -8,6 +8,7 @@ The method, the same in every script:
 - report medians, with the middle half (first to third quartile) as the spread;
 - pin threads (one torch/OpenMP thread by default: oversubscribed OpenMP threads spin on a shared machine) and,
   where it matters, CPUs (``taskset``);
+- on a shared machine, start runs when others leave the cores quiet and redo a run they disturbed (``QuietGate``);
 - record the command line, date, machine, software and kiln revision that produced every number.
 
 A result file, ``benchmarks/results/<question>.json``::
@@ -34,6 +35,7 @@ import os
 import platform
 import pty
 import random
+import resource
 import select
 import shutil
 import statistics
@@ -50,6 +52,7 @@ from typing import Any, TypeVar
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS_DIR = HERE / "results"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 T = TypeVar("T")
 
@@ -308,6 +311,112 @@ def finish_run(run: dict[str, Any]) -> dict[str, Any]:
     if source is not None and source != source_fingerprint():
         run["conditions"].append("**src/ changed during the run** (source fingerprint differs at start and end)")
     return run
+
+
+# ---------------------------------------------------------------------------------------------------- a quiet machine
+def load_average_1min() -> float:
+    with open("/proc/loadavg") as handle:
+        return float(handle.read().split()[0])
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (everything but idle and iowait in /proc/stat)."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # reaped descendants: torchrun's and Lightning's ranks too
+    return usage.ru_utime + usage.ru_stime
+
+
+def become_subreaper() -> None:
+    """Adopt orphaned descendants (Lightning's launcher does not wait for its rank-1 process), so they can be reaped
+    and their CPU time counted as this script's own, not as other processes'."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+
+
+def reap_descendants(timeout: float = 60.0) -> int:
+    """Wait for every adopted descendant to exit (none outlives its run into the next); returns how many there were."""
+    reaped, deadline = 0, time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid:
+            reaped += 1
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"descendants of a finished run still alive after {timeout:.0f} s")
+        else:
+            time.sleep(0.05)
+
+
+def wait_for_quiet(max_load: float, max_wait: float, poll: float = 30.0) -> list[str]:
+    """Poll ``uptime`` until the 1-minute load average is below ``max_load`` or ``max_wait`` seconds have passed."""
+    seen = [uptime()]
+    deadline = time.monotonic() + max_wait
+    while load_average_1min() >= max_load and time.monotonic() < deadline:
+        print(f"load {load_average_1min():.2f} >= {max_load}: waiting ({seen[-1]})", flush=True)
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+        seen.append(uptime())
+    return seen
+
+
+def others_busy_cores(seconds: float = 3.0) -> float:
+    """Cores kept busy by other processes over ``seconds`` while this script runs nothing (from /proc/stat)."""
+    busy, own = busy_cpu_seconds(), children_cpu_seconds()
+    time.sleep(seconds)
+    return max(0.0, (busy_cpu_seconds() - busy) - (children_cpu_seconds() - own)) / seconds
+
+
+class QuietGate:
+    """Runs only while the machine is quiet, and redoes runs that other processes disturbed, within one time budget.
+
+    Before each run it waits while other processes keep more than ``max_busy`` cores busy (the load average cannot
+    tell: this script's own runs keep it near 1.5 for a minute after they end); a run during which others took more
+    than ``max_share`` of the machine is done again (``retries`` times at most). Waiting and discarded runs share
+    ``budget`` seconds, so the benchmark stays bounded on a machine that never gets quiet; after that, runs are kept
+    as they come and the summary reports how disturbed they were.
+    """
+
+    def __init__(self, *, max_busy: float, max_share: float, retries: int, budget: float, poll: float = 5.0) -> None:
+        self.max_busy, self.max_share, self.retries, self.poll = max_busy, max_share, retries, poll
+        self.deadline = time.monotonic() + budget
+        self.waited_s = self.discarded_s = 0.0
+        self.discarded = 0
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def wait(self) -> float:
+        """Wait (within the budget) until others keep at most ``max_busy`` cores busy; returns the last reading."""
+        start = time.monotonic()
+        busy = others_busy_cores(1.0)
+        while busy > self.max_busy and self.left() > 0:
+            time.sleep(min(self.poll, max(0.0, self.left())))
+            busy = others_busy_cores(1.0)
+        self.waited_s += time.monotonic() - start
+        return busy
+
+    def keep(self, record: dict[str, Any], attempt: int) -> bool:
+        """False when ``record`` should be discarded and run again."""
+        disturbed = record["others_cpu_share"] > self.max_share or "error" in record
+        if disturbed and attempt < self.retries and self.left() > 0:
+            self.discarded += 1
+            self.discarded_s += record["run_wall_s"]
+            self.deadline -= record["run_wall_s"]
+            return False
+        return True
 
 
 # ---------------------------------------------------------------------------------------------------- peers
