@@ -104,31 +104,6 @@ def shuffled(items: Sequence[T], seed: int) -> list[T]:
     return order
 
 
-def interleave(
-    variants: dict[str, Callable[[], float]],
-    *,
-    reps: int,
-    warmup: int = 1,
-    order: str = "rotate",
-    before_each: Callable[[], None] | None = None,
-) -> dict[str, list[float]]:
-    """Run every variant once per repetition, in a rotated or shuffled order; returns each variant's samples.
-
-    Each callable returns its own measurement (seconds, usually). The first ``warmup`` rounds are run and dropped
-    (page cache, allocator, first-call costs). ``before_each`` runs untimed before every call (e.g. ``os.sync``).
-    """
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    for rep in range(warmup + reps):
-        names = rotated(list(variants), rep) if order == "rotate" else shuffled(list(variants), rep)
-        for name in names:
-            if before_each is not None:
-                before_each()
-            value = variants[name]()
-            if rep >= warmup:
-                samples[name].append(value)
-    return samples
-
-
 def clocks() -> tuple[float, float]:
     """(wall, CPU) now: CPU time of the process leaves out the time it waited for a core on a shared machine."""
     return time.perf_counter(), time.process_time()
