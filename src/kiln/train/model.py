@@ -386,6 +386,20 @@ class Model:
             return type(outputs[0])(torch.cat([o[i].cpu() for o in outputs]) for i in range(len(outputs[0])))
         raise ShapeError(f"predict cannot concatenate model outputs of type {type(outputs[0]).__name__}.")
 
+    # ------------------------------------------------------------------ tuning
+    def find_lr(self, data: Any, *, start: float = 1e-7, end: float = 1.0, steps: int = 100, **options: Any) -> Any:
+        """The learning-rate range test: returns ``.lrs``, ``.losses`` and ``.suggestion``; the Model is unchanged.
+
+        ``options`` (batch_size, smoothing, diverge, seed, run, plot) are those of :func:`kiln.train.lr_finder.find_lr`.
+
+        Example:
+            >>> result = model.find_lr(train, start=1e-7, end=1, steps=100, plot="lr_find.png")
+            >>> model.optimizer.param_groups[0]["lr"] = result.suggestion
+        """
+        from .lr_finder import find_lr
+
+        return find_lr(self, data, start=start, end=end, steps=steps, **options)
+
     # ------------------------------------------------------------------ registry
     def register(self, name: str, *, store: Any = None, example_input: Any = None, **options: Any) -> Any:
         """Publish the trained module (averaged weights when EMA/SWA is on) as the next version of ``name``.
