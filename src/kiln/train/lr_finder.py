@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,13 +29,22 @@ import torch
 from ..data.loader import make_loader
 from ..errors import ConfigError, DataError
 from .loop import call, split_batch
-
-if TYPE_CHECKING:
-    from .model import Model
+from .state import TrainState
 
 __all__ = ["LRFinderResult", "find_lr"]
 
 logger = logging.getLogger(__name__)
+
+
+class _Trainee(TrainState, Protocol):
+    """What the range test needs of ``kiln.Model`` (typed so, as the loop does, without importing it)."""
+
+    store: Any
+
+    @property
+    def loss(self) -> Any: ...
+
+    def _to_device(self, value: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ def _check(start: float, end: float, steps: int, smoothing: float, diverge: floa
         raise ConfigError(f"diverge must be a factor above 1 (e.g. 4.0); got {diverge!r}.")
 
 
-def _save(model: Model) -> dict[str, Any]:
+def _save(model: _Trainee) -> dict[str, Any]:
     """Everything the test changes, copied: restored by :func:`_restore` bit for bit."""
     module = model.module
     return {
@@ -120,7 +129,7 @@ def _save(model: Model) -> dict[str, Any]:
     }
 
 
-def _restore(model: Model, saved: dict[str, Any]) -> None:
+def _restore(model: _Trainee, saved: dict[str, Any]) -> None:
     module = model.module
     module.load_state_dict(saved["module"])
     with torch.no_grad():
@@ -168,7 +177,7 @@ def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
 
 
 def find_lr(
-    model: Model,
+    model: _Trainee,
     data: Any,
     *,
     start: float = 1e-7,
@@ -264,7 +273,7 @@ def find_lr(
     return LRFinderResult(lrs, losses, smoothed, suggestion, steepest, minimum_tenth, diverged, run_id, figure)
 
 
-def _step(model: Model, batch: Any) -> float:
+def _step(model: _Trainee, batch: Any) -> float:
     x, y = split_batch(batch)
     x, y = model._to_device(x), model._to_device(y)
     optimizer, precision, loss_fn = model.optimizer, model.precision, model.loss
@@ -280,7 +289,7 @@ def _step(model: Model, batch: Any) -> float:
 
 
 def _record(
-    model: Model, result: LRFinderResult, run: str | None, *, batch_size: int, plot: str | os.PathLike[str] | None
+    model: _Trainee, result: LRFinderResult, run: str | None, *, batch_size: int, plot: str | os.PathLike[str] | None
 ) -> str:
     """Record the curve as a run of the Model's store (or the default store); returns the run's id."""
     from ..store import Store
