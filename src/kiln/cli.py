@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Subsystems that bring their own verbs: each module has ``add_commands(sub)``, registering parsers whose handlers
 # import the subsystem lazily (the module itself imports only argparse, so `kiln --help` stays instant).
-_VERB_MODULES: tuple[str, ...] = ()
+_VERB_MODULES: tuple[str, ...] = ("kiln.jobs.commands", "kiln.ui.commands")
 
 
 def _info(args: argparse.Namespace) -> int:
