@@ -66,3 +66,18 @@ class ServerProcess:
             self.process.wait(timeout=30)
         self.log.close()
         os.unlink(self.log.name)
+
+
+def read_reply(sock: socket.socket) -> tuple[bytes, dict[str, str], bytes]:
+    """Status line, headers and body of one response with a Content-Length."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    while len(body) < int(headers.get("content-length", "0")):
+        body += sock.recv(65536)
+    return status.encode(), headers, body

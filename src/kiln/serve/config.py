@@ -43,7 +43,9 @@ class ServeConfig:
     ``max_batch_size`` caps the samples one model call sees; ``max_delay_ms`` is how long the oldest queued request
     may wait for others to fill its batch (0: run as soon as the model is free, batches still form under load);
     ``max_queue`` requests may wait, beyond that the answer is 503 with Retry-After; a request not answered within
-    ``timeout_s`` gets 504. ``header_timeout_s`` and ``body_timeout_s`` cut off slow clients.
+    ``timeout_s`` gets 504. ``header_timeout_s`` and ``body_timeout_s`` cut off slow clients. ``max_connections``
+    open connections in all, and ``max_connections_per_client`` from one client address (None: a quarter of
+    ``max_connections``), are served; a connection past either is answered 503 with Retry-After and closed.
 
     Example:
         >>> ServeConfig(port=8080, max_batch_size=32, token="s3cret", host="0.0.0.0")
@@ -64,6 +66,7 @@ class ServeConfig:
     keep_alive_s: int = 5
     drain_timeout_s: float = 30.0
     max_connections: int = 2048
+    max_connections_per_client: int | None = None
     token: str | None = None
     access_log: bool = True
     warmup: bool = True
@@ -84,6 +87,13 @@ class ServeConfig:
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
                                          or self.threads < 1):  # fmt: skip
             raise ConfigError(f"threads must be a positive integer or None (automatic); got {self.threads!r}.")
+        per_client = self.max_connections_per_client
+        if per_client is not None and (isinstance(per_client, bool) or not isinstance(per_client, int)
+                                       or not 1 <= per_client <= self.max_connections):  # fmt: skip
+            raise ConfigError(
+                f"max_connections_per_client must be an integer in 1..max_connections ({self.max_connections}) or "
+                f"None (a quarter of max_connections); got {per_client!r}."
+            )
         _positive("max_delay_ms", self.max_delay_ms, allow_zero=True)
         for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s"):
             _positive(name, getattr(self, name))
@@ -97,6 +107,13 @@ class ServeConfig:
                 f"refusing to bind {self.host!r} without an auth token: anyone who can reach this address could "
                 "use the model. Pass a token (--token-env NAME, or token=...) or bind 127.0.0.1."
             )
+
+    @property
+    def connections_per_client(self) -> int:
+        """Open connections one client address may hold (``max_connections_per_client``, else a quarter of all)."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return max(1, self.max_connections // 4)
 
     @property
     def intra_op_threads(self) -> int:

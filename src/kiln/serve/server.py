@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError
 from .app import KilnApp, create_app
 from .config import ServeConfig
-from .guard import guarded_protocol
+from .guard import MAX_HEADER_BYTES, guarded_protocol
 
 __all__ = ["configure_logging", "pin_reference", "run_server", "serve"]
 
@@ -74,7 +74,11 @@ def run_server(app: KilnApp, config: ServeConfig, *, sockets: list[socket.socket
         app,
         host=config.host,
         port=config.port,
-        http=guarded_protocol(config.header_timeout_s),
+        http=guarded_protocol(
+            config.header_timeout_s,
+            max_connections=config.max_connections,
+            max_connections_per_client=config.connections_per_client,
+        ),
         ws="none",
         lifespan="on",
         log_config=None,
@@ -82,7 +86,8 @@ def run_server(app: KilnApp, config: ServeConfig, *, sockets: list[socket.socket
         server_header=False,
         timeout_keep_alive=config.keep_alive_s,
         timeout_graceful_shutdown=math.ceil(config.drain_timeout_s),
-        limit_concurrency=config.max_connections,
+        limit_concurrency=None,  # the guard caps connections (in all and per client) and answers 503 in JSON
+        h11_max_incomplete_event_size=2 * MAX_HEADER_BYTES,  # without httptools: the guard's 431 comes first
         backlog=2048,
     )
     server = uvicorn.Server(uv_config)
