@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -9,10 +10,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
+
+# `serve(...)` with ServeConfig fields the command line does not offer (drain_timeout_s, ...), as JSON in argv[3]
+_SERVE = (
+    "import json, sys\nfrom kiln.serve import serve\n"
+    "raise SystemExit(serve(sys.argv[1], store=sys.argv[2], **json.loads(sys.argv[3])))"
+)
 
 
 def free_port() -> int:
@@ -22,17 +31,29 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m kiln.cli serve REFERENCE --store STORE --port P ...`` with its log in a temporary file."""
+    """``python -m kiln.cli serve REFERENCE --store STORE --port P ...`` with its log in a temporary file.
 
-    def __init__(self, reference: str, store: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    With ``options`` it runs ``kiln.serve.serve(REFERENCE, store=STORE, port=P, **options)`` instead (for settings
+    the command line lacks); ``new_session`` makes it a process group leader, so a test can send the group a
+    terminal's Ctrl+C.
+    """
+
+    def __init__(
+        self, reference: str, store: Path, *args: str, env: dict[str, str] | None = None,
+        options: dict[str, Any] | None = None, new_session: bool = False,
+    ) -> None:  # fmt: skip
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="kiln-serve-", suffix=".log", delete=False)  # noqa: SIM115
-        command = [sys.executable, "-m", "kiln.cli", "serve", reference, "--store", str(store),
-                   "--port", str(self.port), *args]  # fmt: skip
+        if options is None:
+            command = [sys.executable, "-m", "kiln.cli", "serve", reference, "--store", str(store),
+                       "--port", str(self.port), *args]  # fmt: skip
+        else:
+            command = [sys.executable, "-c", _SERVE, reference, str(store), json.dumps({"port": self.port, **options})]
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
-        )
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            start_new_session=new_session,
+        )  # fmt: skip
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -50,6 +71,24 @@ class ServerProcess:
                 pass
             time.sleep(0.05)
         raise AssertionError(f"server not ready within {timeout} s:\n{self.output()[-3000:]}")
+
+    def wait_for(self, condition: Callable[[], bool], what: str, timeout: float = 90.0) -> None:
+        """Poll ``condition`` until it holds (bounded); fail early if the process dies."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode} before {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {what} within {timeout} s:\n{self.output()[-3000:]}")
+            time.sleep(0.005)
+
+    def children(self) -> list[int]:
+        """Process ids of the server's children (the workers of ``--workers N``)."""
+        try:
+            text = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in text.split()]
 
     def terminate(self, timeout: float = 60.0) -> int:
         """SIGTERM and wait; the exit status."""
