@@ -151,12 +151,16 @@ def test_token_is_required_on_every_route(served: Served):
                 response = await anonymous.get(route)
                 assert response.status_code == 401, route
                 assert response.headers["www-authenticate"] == "Bearer"
-            for header in (f"Bearer {TOKEN[:-1]}x", TOKEN, f"bearer {TOKEN}", f"Bearer {TOKEN} "):
+            for header in (f"Bearer {TOKEN[:-1]}x", TOKEN, f"Basic {TOKEN}", f"Bearer{TOKEN}", f"Bearer {TOKEN} "):
                 wrong = await anonymous.post("/v1/models/mlp:predict", json={"inputs": [0.0] * 64},
                                              headers={"authorization": header})  # fmt: skip
                 assert wrong.status_code == 401, header
             good = {"authorization": f"Bearer {TOKEN}"}
             assert (await anonymous.get("/readyz", headers=good)).status_code == 200
+            for scheme in ("bearer", "BEARER"):  # auth schemes are case-insensitive (RFC 9110, 11.1)
+                assert (
+                    await anonymous.get("/readyz", headers={"authorization": f"{scheme} {TOKEN}"})
+                ).status_code == 200
             ok = await anonymous.post("/v1/models/mlp:predict", json={"inputs": [0.0] * 64}, headers=good)
             assert ok.status_code == 200
 

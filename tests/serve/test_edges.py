@@ -1,4 +1,5 @@
-"""A real `kiln serve` at its edges: connection caps from real client addresses, the header size limit."""
+"""A real `kiln serve` at its edges: connection caps from real client addresses, the header size limit, bearer
+schemes in any case."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import httpx
 import orjson
 import pytest
 
@@ -94,3 +96,10 @@ def test_request_heads_are_limited_to_64_KiB(capped: ServerProcess, size: int, s
     assert int(answer.split()[1]) == status, (answer, body[:200])
     if status == 431:
         assert b"64 KiB" in body
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_the_bearer_scheme_is_case_insensitive(capped: ServerProcess, scheme: str):
+    assert httpx.get(capped.url + "/readyz", headers={"authorization": f"{scheme} {TOKEN}"}).status_code == 200
+    assert httpx.get(capped.url + "/readyz", headers={"authorization": f"{scheme} {TOKEN}x"}).status_code == 401
+    assert httpx.get(capped.url + "/readyz", headers={"authorization": f"Basic {TOKEN}"}).status_code == 401

@@ -61,7 +61,7 @@ class KilnApp:
         self.on_failure: Callable[[BaseException], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._preloaded: LoadedRuntime | None = None
-        self._expected = b"Bearer " + config.token.encode() if config.token else None
+        self._token = config.token.encode() if config.token else None
         self._access = False
         self.access = AccessLog(access_logger)
 
@@ -154,9 +154,7 @@ class KilnApp:
         headers = Headers(scope["headers"])
         route = "other"
         try:
-            if self._expected is not None and (
-                headers.authorization is None or not hmac.compare_digest(headers.authorization, self._expected)
-            ):
+            if self._token is not None and not _authorized(headers.authorization, self._token):
                 self.metrics.error("unauthorized")
                 raise RequestError(401, "missing or wrong bearer token.", headers=((b"www-authenticate", b"Bearer"),))
             route, name = _resolve(scope["path"], scope["method"])
@@ -282,6 +280,15 @@ class KilnApp:
 
     def _docs(self, name: str) -> Response:
         return Response(200, docs_page(self._document()), b"text/html; charset=utf-8")
+
+
+def _authorized(value: bytes | None, token: bytes) -> bool:
+    """``Authorization: Bearer <token>``, the scheme in any case (RFC 9110: auth schemes are case-insensitive);
+    the token is compared in constant time."""
+    if value is None:
+        return False
+    scheme, _, credentials = value.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), token)
 
 
 # GET routes with a fixed path -> route label (the metrics label and the handler's key)
