@@ -1,5 +1,5 @@
-"""A real `kiln serve` at its edges: connection caps from real client addresses, the header size limit, bearer
-schemes in any case."""
+"""A real `kiln serve` at its edges: connection caps from real client addresses, the header size limit, v2 shapes
+that overflow, bearer schemes in any case."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
+from kiln.serve import Client
 from kiln.serve.guard import MAX_HEADER_BYTES
 
 from ._server import ServerProcess, read_reply
@@ -98,8 +100,38 @@ def test_request_heads_are_limited_to_64_KiB(capped: ServerProcess, size: int, s
         assert b"64 KiB" in body
 
 
+@pytest.mark.parametrize(
+    ("shape", "count", "words"),
+    [
+        ([2**58 + 1, 64], 64, "needs 18446744073709551680"),  # numpy's product wraps around to 64
+        ([2**63, 64], 64, "below 2**63"),
+        ([-1, 64], 64, "non-negative"),
+        ([1, 64], 63, "holds 63 values"),
+    ],
+)
+def test_v2_shapes_that_overflow_or_disagree_with_the_data_get_400(
+    capped: ServerProcess, shape: list[int], count: int, words: str
+):
+    tensor = {"name": "input", "shape": shape, "datatype": "FP32", "data": [0.5] * count}
+    response = httpx.post(capped.url + "/v2/models/mlp/infer", json={"inputs": [tensor]}, headers=AUTH)
+    assert response.status_code == 400 and words in response.json()["error"], response.text
+    assert "\n" not in response.json()["error"]
+    assert "Traceback" not in capped.output() and "unexpected error" not in capped.output()
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
 def test_the_bearer_scheme_is_case_insensitive(capped: ServerProcess, scheme: str):
     assert httpx.get(capped.url + "/readyz", headers={"authorization": f"{scheme} {TOKEN}"}).status_code == 200
     assert httpx.get(capped.url + "/readyz", headers={"authorization": f"{scheme} {TOKEN}x"}).status_code == 401
     assert httpx.get(capped.url + "/readyz", headers={"authorization": f"Basic {TOKEN}"}).status_code == 401
+
+
+def test_non_finite_outputs_reach_the_client_as_numbers(capped: ServerProcess):
+    x = np.full((2, 64), 3e38, np.float32)  # finite in float32, but the first layer's sums overflow
+    raw = httpx.post(capped.url + "/v1/models/mlp:predict", json={"inputs": x.tolist()}, headers=AUTH)
+    assert raw.status_code == 200 and "null" not in raw.text and "Infinity" in raw.text, raw.text
+    with Client(capped.url, token=TOKEN) as client:
+        predicted = client.predict("mlp", x)
+        (inferred,) = client.infer("mlp", {"input": x}).values()
+    assert predicted.dtype == np.float64 and inferred.dtype == np.float32 and np.isinf(predicted).any()
+    np.testing.assert_array_equal(predicted, inferred)  # same values, NaN in the same places

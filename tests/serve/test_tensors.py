@@ -128,7 +128,7 @@ def test_v2_round_trip():
         ({"datatype": "INT64"}, "datatype"),
         ({"shape": [2, 5]}, "shape is [2, 5]"),
         ({"shape": [0, 4], "data": []}, "n >= 1"),
-        ({"shape": "2x4"}, "list of integers"),
+        ({"shape": "2x4"}, "list of non-negative integers"),
         ({"data": list(range(7))}, "holds 7 values"),
         ({"data": ["a"] * 8}, "strings"),
     ],
@@ -147,3 +147,11 @@ def test_v2_requested_outputs_must_exist():
 def test_signature_dtypes_the_server_cannot_take_are_a_config_error():
     with pytest.raises(ConfigError, match="bfloat16"):
         specs_from_signature({"inputs": [{"name": "x", "dtype": "bfloat16", "shape": [None, 2]}]}, "inputs")
+
+
+def test_non_finite_outputs_are_named_in_json():
+    out = np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32)
+    assert encode_v1([out], OUT, single=False) == b'{"outputs":[["NaN","Infinity"],["-Infinity",0.5]]}'
+    assert encode_v1([out[:, 0]], OUT, single=True) == b'{"outputs":"NaN"}'  # one sample of a 1-d output: a scalar
+    finite = np.array([[0.25, 0.5]], np.float32)
+    assert encode_v1([finite], OUT, single=False) == b'{"outputs":[[0.25,0.5]]}'

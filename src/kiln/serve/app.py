@@ -4,8 +4,9 @@ Routes (every one behind the token when the server has one):
 
     POST /v1/models/{name}:predict      {"inputs": ...} -> {"outputs": ...}
     GET  /v1/models/{name}              version, runtime, signature, preprocessing
-    POST /v2/models/{name}/infer        Open Inference Protocol (also /v2/models/{name}/versions/{v}/infer)
-    GET  /v2/models/{name}[/ready], /v2, /v2/health/live, /v2/health/ready
+    POST /v2/models/{name}/infer        Open Inference Protocol (also /v2/models/{name}/versions/{v}/infer),
+                                        JSON or with the binary tensor data extension
+    GET  /v2/models/{name}[/versions/{v}][/ready|/config], /v2, /v2/health/live, /v2/health/ready
     GET  /livez, /readyz, /metrics, /openapi.json, /docs
 """
 
@@ -26,9 +27,9 @@ from .config import ServeConfig
 from .http import Disconnected, Headers, Receive, Response, Send, error_response, json_response, read_body
 from .metrics import Metrics
 from .openapi import docs_page, openapi
-from .protocol import decode_v1, decode_v2, encode_v1, encode_v2, parse_json
+from .protocol import decode_v1, decode_v2, encode_v1, encode_v2, encode_v2_binary, parse_json, split_binary
 from .runtime import LoadedRuntime, load_runtime
-from .tensors import RequestError
+from .tensors import RequestError, TensorSpec
 
 __all__ = ["KilnApp", "create_app"]
 
@@ -37,6 +38,7 @@ access_logger = logging.getLogger("kiln.serve.access")
 
 _RETRY = ((b"retry-after", b"1"),)
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
+_OCTETS = b"application/octet-stream"
 _MAX_LOGGED_PATH = 200
 
 
@@ -210,8 +212,13 @@ class KilnApp:
         assert batcher is not None
         config = self.config
         body = await read_body(receive, headers, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
-        payload = parse_json(body)
-        decoded = decode_v2(payload, runtime.inputs, runtime.outputs) if v2 else decode_v1(payload, runtime.inputs)
+        if not v2:
+            decoded = decode_v1(parse_json(body), runtime.inputs)
+        elif headers.inference_header_length is None:
+            decoded = decode_v2(parse_json(body), runtime.inputs, runtime.outputs)
+        else:  # the binary tensor data extension: a JSON object, then the binary inputs
+            header, binary = split_binary(body, headers.inference_header_length)
+            decoded = decode_v2(parse_json(header), runtime.inputs, runtime.outputs, binary=binary)
         try:
             outputs = await batcher.submit(decoded.arrays)
         except QueueFull:
@@ -223,6 +230,11 @@ class KilnApp:
             raise RequestError(504, f"the request was not answered within {config.timeout_s:g} s.") from None
         except InferenceFailed:
             raise RequestError(500, "the model failed on this request; the server log has the details.") from None
+        if v2 and decoded.binary_outputs:
+            body, length = encode_v2_binary(
+                outputs, runtime.outputs, model=runtime.name, version=runtime.version, decoded=decoded
+            )
+            return Response(200, body, _OCTETS, ((b"inference-header-content-length", b"%d" % length),))
         if v2:
             body = encode_v2(outputs, runtime.outputs, model=runtime.name, version=runtime.version, decoded=decoded)
         else:
@@ -248,6 +260,21 @@ class KilnApp:
             "outputs": [{"name": s.name, "datatype": s.datatype, "shape": s.batched_shape} for s in runtime.outputs],
         })  # fmt: skip
 
+    def _v2_config(self, name: str) -> Response:
+        """The model configuration in Triton's shape (``tritonclient``'s ``get_model_config``)."""
+        runtime = self._runtime(name)
+
+        def tensors(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+            return [{"name": s.name, "data_type": f"TYPE_{s.datatype}", "dims": s.batched_shape[1:]} for s in specs]
+
+        onnx = runtime.kind == "onnx"
+        return json_response({
+            "name": runtime.name, "platform": "onnxruntime_onnx" if onnx else "pytorch_torch",
+            "backend": "onnxruntime" if onnx else "pytorch", "max_batch_size": self.config.max_batch_size,
+            "input": tensors(runtime.inputs), "output": tensors(runtime.outputs),
+            "dynamic_batching": {"max_queue_delay_microseconds": round(self.config.max_delay_ms * 1000)},
+        })  # fmt: skip
+
     def _v2_model_ready(self, name: str) -> Response:
         self._runtime(name)
         return json_response({"name": name, "ready": True})
@@ -262,7 +289,7 @@ class KilnApp:
         return json_response({"ready": False, "reason": reason}, 503, _RETRY)
 
     def _server_metadata(self, name: str) -> Response:
-        return json_response({"name": "kiln", "version": __version__, "extensions": []})
+        return json_response({"name": "kiln", "version": __version__, "extensions": _EXTENSIONS})
 
     def _render_metrics(self, name: str) -> Response:
         runtime = self.runtime
@@ -280,6 +307,9 @@ class KilnApp:
 
     def _docs(self, name: str) -> Response:
         return Response(200, docs_page(self._document()), b"text/html; charset=utf-8")
+
+
+_EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 
 def _authorized(value: bytes | None, token: bytes) -> bool:
@@ -300,7 +330,11 @@ _GET_HANDLERS: dict[str, Callable[[KilnApp, str], Response]] = {
     "live": KilnApp._live, "ready": KilnApp._ready_check, "v2_server": KilnApp._server_metadata,
     "metrics": KilnApp._render_metrics, "openapi": KilnApp._openapi, "docs": KilnApp._docs,
     "v1_metadata": KilnApp._v1_metadata, "v2_metadata": KilnApp._v2_metadata, "v2_ready": KilnApp._v2_model_ready,
+    "v2_config": KilnApp._v2_config,
 }  # fmt: skip
+
+
+_V2_MODEL_ROUTES = {"": "v2_metadata", "ready": "v2_ready", "config": "v2_config"}
 
 
 def _resolve(path: str, method: str) -> tuple[str, str]:
@@ -319,8 +353,8 @@ def _resolve(path: str, method: str) -> tuple[str, str]:
             name = f"{name}@{version}"  # checked against the served version by KilnApp._runtime
         if tail == "infer":
             route, allowed = "v2_infer", "POST"
-        elif tail in ("", "ready"):
-            route = "v2_ready" if tail else "v2_metadata"
+        elif tail in _V2_MODEL_ROUTES:
+            route = _V2_MODEL_ROUTES[tail]
     if route is None:
         raise RequestError(404, "no such route; see /docs.")
     if method != allowed and not (allowed == "GET" and method == "HEAD"):

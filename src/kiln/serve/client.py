@@ -26,6 +26,13 @@ _V2_TYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int64": "
              "int16": "INT16", "int8": "INT8", "uint8": "UINT8", "bool": "BOOL"}  # fmt: skip
 
 
+def _numbers(value: Any) -> np.ndarray:
+    """An output as an array; the server names non-finite values ("NaN", "Infinity", "-Infinity": JSON has no
+    such numbers), and numpy reads those names back as floats."""
+    array = np.asarray(value)
+    return np.asarray(value, dtype=np.float64) if array.dtype.kind in "UO" else array
+
+
 def _wire(value: Any) -> Any:
     """numpy arrays go to orjson as they are (it needs them C-contiguous); anything else as given."""
     return np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value
@@ -98,8 +105,8 @@ class Client:
         payload = {"inputs": {k: _wire(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else _wire(inputs)}
         outputs = self._json("POST", f"/v1/models/{model}:predict", payload)["outputs"]
         if isinstance(outputs, dict):
-            return {name: np.asarray(value) for name, value in outputs.items()}
-        return np.asarray(outputs)
+            return {name: _numbers(value) for name, value in outputs.items()}
+        return _numbers(outputs)
 
     def infer(self, model: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Open Inference Protocol inference: ``{name: array}`` in, ``{name: array}`` out (shaped, typed)."""

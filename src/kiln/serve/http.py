@@ -50,13 +50,14 @@ def error_response(error: RequestError) -> Response:
 class Headers:
     """The few request headers the server reads, found in one pass over the ASGI header list."""
 
-    __slots__ = ("authorization", "body_read", "chunked", "content_length", "request_id")
+    __slots__ = ("authorization", "body_read", "chunked", "content_length", "inference_header_length", "request_id")
 
     def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
         self.content_length: bytes | None = None
         self.chunked = False
         self.request_id: bytes | None = None
+        self.inference_header_length: bytes | None = None  # the binary tensor data extension's JSON length
         self.body_read = False
         for name, value in raw:
             if name == b"authorization":
@@ -67,6 +68,8 @@ class Headers:
                 self.chunked = True
             elif name == b"x-request-id":
                 self.request_id = value[:128]
+            elif name == b"inference-header-content-length":
+                self.inference_header_length = value
 
     @property
     def unread_body(self) -> bool:

@@ -31,7 +31,7 @@ _ERRORS = {
     "401": _error("missing or wrong bearer token (when the server has one)"),
     "413": _error("body over the size limit"),
     "422": _error("inputs do not match the signature (dtype, shape, non-finite)"),
-    "503": _error("not ready yet, or the queue is full (see Retry-After)"),
+    "503": _error("not ready yet, the queue is full, or too many connections (see Retry-After)"),
     "504": _error("not answered within the request timeout"),
 }
 
@@ -50,9 +50,9 @@ def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[Te
         v1_inputs = {"type": "object", "properties": {s.name: _array_schema(s, batched=True) for s in inputs}}
     v2_input = {
         "type": "object",
-        "required": ["name", "shape", "datatype", "data"],
+        "required": ["name", "shape", "datatype"],  # and data, or parameters.binary_data_size
         "properties": {"name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-                       "datatype": {"type": "string"}, "data": {"type": "array"}},
+                       "datatype": {"type": "string"}, "data": {"type": "array"}, "parameters": {"type": "object"}},
     }  # fmt: skip
     post = {"responses": {"200": {"description": "model outputs"}, **_ERRORS}}
     paths = {
@@ -63,7 +63,8 @@ def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[Te
             **post}},
         f"/v1/models/{model}": _get("Model metadata: version, runtime, signature, preprocessing"),
         f"/v2/models/{model}/infer": {"post": {
-            "summary": "Open Inference Protocol (KServe v2) inference",
+            "summary": "Open Inference Protocol (KServe v2) inference; JSON, or binary tensor data after a JSON "
+                       "object of Inference-Header-Content-Length bytes",
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["inputs"],
                 "properties": {"id": {"type": "string"}, "inputs": {"type": "array", "items": v2_input},
@@ -71,6 +72,7 @@ def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[Te
             **post}},
         f"/v2/models/{model}": _get("Open Inference Protocol model metadata"),
         f"/v2/models/{model}/ready": _get("Model readiness"),
+        f"/v2/models/{model}/config": _get("Model configuration (Triton's shape: max_batch_size, input, output)"),
         "/v2": _get("Open Inference Protocol server metadata"),
         "/v2/health/live": _get("Liveness (Open Inference Protocol)"),
         "/v2/health/ready": _get("Readiness (Open Inference Protocol)"),

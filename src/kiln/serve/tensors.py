@@ -7,6 +7,7 @@ therefore never spoils the batch it would have joined.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,7 @@ _DTYPES: dict[str, tuple[np.dtype[Any], str]] = {
     "uint8": (np.dtype(np.uint8), "UINT8"),
     "bool": (np.dtype(np.bool_), "BOOL"),
 }
+_INT64_LIMIT = 1 << 63  # a v2 dimension is an int64
 # which kinds numpy infers from JSON are acceptable for each kind the signature asks for
 _ACCEPT = {"f": "fiu", "i": "iu", "u": "iu", "b": "b"}
 _KIND_WORDS = {"f": "non-integer numbers", "i": "integers", "u": "integers", "b": "booleans", "U": "strings"}
@@ -114,11 +116,15 @@ def _convert(value: Any, spec: TensorSpec, field: str) -> np.ndarray:
     except RuntimeWarning:  # where warnings are errors, numpy's overflow warning is raised instead (errstate
         with np.errstate(over="ignore"):  # on every request would cost a quarter of this function)
             array = inferred.astype(spec.dtype, copy=False)
+    _require_finite(array, spec, field)
+    return array
+
+
+def _require_finite(array: np.ndarray, spec: TensorSpec, field: str) -> None:
     if spec.dtype.kind == "f" and not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         shown = array[tuple(bad)]
         raise RequestError(422, f"{_where(field, bad)} is {shown} in {spec.dtype.name}; every input must be finite.")
-    return array
 
 
 def as_array(value: Any, spec: TensorSpec, field: str) -> tuple[np.ndarray, bool]:
@@ -144,17 +150,48 @@ def as_array(value: Any, spec: TensorSpec, field: str) -> tuple[np.ndarray, bool
     )
 
 
-def as_shaped_array(value: Any, shape: Any, spec: TensorSpec, field: str) -> np.ndarray:
-    """A v2 tensor: ``value`` (flat or nested) reshaped to ``shape``, which must be ``(n, *spec.shape)``."""
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise RequestError(400, f"{field}.shape must be a list of integers; got {str(shape)[:80]}.")
+def _checked_shape(shape: Any, spec: TensorSpec, field: str) -> list[int]:
+    """A v2 ``shape``: a list of dimensions, each an int64 (anything else is malformed: 400), that is
+    ``(n, *spec.shape)`` with n >= 1 (422)."""
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < _INT64_LIMIT for d in shape
+    ):
+        raise RequestError(
+            400, f"{field}.shape must be a list of non-negative integers below 2**63; got {str(shape)[:80]}."
+        )
     if len(shape) != len(spec.shape) + 1 or shape[0] < 1 or not _matches(tuple(shape[1:]), spec.shape):
         raise RequestError(
             422, f"{field}.shape is {shape}; expected [n, {', '.join(str(d) for d in spec.batched_shape[1:])}] "
             f"with n >= 1 ({spec.describe()})."
         )  # fmt: skip
+    return shape
+
+
+def as_shaped_array(value: Any, shape: Any, spec: TensorSpec, field: str) -> np.ndarray:
+    """A v2 tensor: ``value`` (flat or nested) reshaped to ``shape``, which must be ``(n, *spec.shape)``."""
+    shape = _checked_shape(shape, spec, field)
     array = _convert(value, spec, f"{field}.data")
-    needed = int(np.prod(shape))
+    needed = math.prod(shape)  # exact: numpy's product of dimensions wraps around past 2**63
     if array.size != needed:
-        raise RequestError(422, f"{field}.data holds {array.size} values but shape {shape} needs {needed}.")
+        raise RequestError(400, f"{field}.data holds {array.size} values but shape {shape} needs {needed}.")
     return array.reshape(shape)
+
+
+def from_binary(data: memoryview, shape: Any, spec: TensorSpec, field: str) -> np.ndarray:
+    """A v2 tensor sent as binary data (little-endian, row-major, BOOL one byte of 0 or 1), shaped ``shape``."""
+    shape = _checked_shape(shape, spec, field)
+    needed = math.prod(shape) * spec.dtype.itemsize
+    if len(data) != needed:
+        raise RequestError(
+            400, f"{field} has binary_data_size {len(data)}, but shape {shape} of {spec.datatype} takes {needed} bytes."
+        )
+    if spec.dtype.kind == "b":
+        raw = np.frombuffer(data, dtype=np.uint8)
+        if raw.size and raw.max() > 1:
+            raise RequestError(422, f"{field} holds a BOOL byte other than 0 or 1.")
+        array = raw.astype(np.bool_)
+    else:  # a copy: the request body is read-only, and torch.from_numpy wants a writable array
+        array = np.frombuffer(data, dtype=spec.dtype.newbyteorder("<")).astype(spec.dtype)
+    array = array.reshape(shape)
+    _require_finite(array, spec, field)
+    return array
