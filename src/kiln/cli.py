@@ -263,7 +263,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, workers=args.workers, threads=args.threads, runtime=args.runtime,
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms, max_queue=args.max_queue,
         timeout_s=args.timeout, max_body_bytes=args.max_body_bytes, header_timeout_s=args.client_timeout,
-        body_timeout_s=args.client_timeout, max_connections=args.max_connections, token=_token(args),
+        body_timeout_s=args.client_timeout, max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client, drain_timeout_s=args.drain_timeout,
+        token=_token(args),
         access_log=not args.no_access_log, trust=tuple(args.trust),
     )  # fmt: skip
     return serve(args.reference, store=args.store, config=config)
@@ -295,6 +297,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--client-timeout", type=float, default=10.0,
                         help="seconds a client has to send its headers, and its body (default 10)")  # fmt: skip
     parser.add_argument("--max-connections", type=int, default=2048, help="open connections (default 2048)")
+    parser.add_argument("--max-connections-per-client", type=int, default=None, metavar="N",
+                        help="open connections one client address may hold (default: a quarter of "
+                        "--max-connections); beyond it, 503 with Retry-After")  # fmt: skip
+    parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="on SIGTERM, how long requests in flight may take to finish before workers are "
+                        "killed and the exit status is 1 (default 30)")  # fmt: skip
     parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
     _trust_option(parser, "(with the torch runtime; also KILN_TRUST=a,b)")
     _token_options(parser)
