@@ -79,3 +79,27 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened = Store(tmp_path / "store")
     yield opened
     opened.close()
+
+
+def pipeline_text(name: str, steps: list[dict[str, Any]], **section: Any) -> str:
+    """A pipeline file: its [pipeline] section and one [[steps]] table per step."""
+    head = toml_text({"pipeline": {"name": name, **section}})
+    return head + "".join(
+        "[[steps]]\n" + "".join(f"{key} = {toml_value(value)}\n" for key, value in step.items()) + "\n"
+        for step in steps
+    )
+
+
+RELEASE = [
+    {"name": "train", "kind": "train", "job": "job.toml"},
+    {"name": "evaluate", "kind": "evaluate", "run": "${train.run_id}", "split": "test"},
+    {"name": "gate", "kind": "gate", "model": "digits", "check": "test_accuracy >= production + 0.002"},
+    {"name": "register", "kind": "register", "run": "${train.run_id}", "model": "digits", "onnx": False},
+    {"name": "promote", "kind": "promote", "model": "digits", "version": "${register.version}", "alias": "production"},
+    {
+        "name": "export",
+        "kind": "export",
+        "model": "digits@${register.version}",
+        "directory": "exported/v${register.version}",
+    },
+]

@@ -49,6 +49,60 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from .execution import run_pipeline
+    from .pipeline import load_pipeline
+    from .steps import GateFailed
+
+    pipeline = load_pipeline(args.pipeline)
+    try:
+        result = run_pipeline(pipeline, store=args.store, resume=args.resume, log=print)
+    except GateFailed as failed:
+        print(failed, file=sys.stderr)
+        return 1
+    print(f"pipeline {pipeline.section.name} finished: execution {result.run_id}")
+    return 0
+
+
+def _print(*renderables: Any) -> None:
+    import shutil
+
+    from rich.console import Console
+
+    console = Console(width=shutil.get_terminal_size((120, 24)).columns, soft_wrap=False)
+    for renderable in renderables:
+        console.print(renderable)
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    from ..store import Store
+
+    return Store(args.store, create=False)
+
+
+def _pipelines_list(args: argparse.Namespace) -> int:
+    from .records import execution_table, executions
+
+    _print(execution_table(executions(_open_store(args), name=args.name, limit=args.limit)))
+    return 0
+
+
+def _pipelines_show(args: argparse.Namespace) -> int:
+    from .records import execution_detail
+
+    store = _open_store(args)
+    _print(*execution_detail(store, store.run(args.run_id)))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from .rollback import rollback
+
+    done = rollback(args.name, alias=args.alias, store=_open_store(args))
+    print(f"{done.name}@{done.alias} -> version {done.version} (rolled back from {done.previous})")
+    return 0
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -95,10 +149,57 @@ def _add_rerun(runs: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_rerun)
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run a pipeline (train, evaluate, gate, register, promote, export, shell), recorded in the store",
+        description="Run PIPELINE's steps in order; each execution is recorded in the store (kiln pipelines list). "
+        "A failed gate stops it with 'not promoted: ...' and exit status 1. With --resume, an execution that "
+        "stopped (a crash, SIGKILL, a failed step) continues: finished steps are skipped, a train step resumes "
+        "from its last checkpoint.",
+    )
+    parser.add_argument("pipeline", help="the pipeline's TOML file")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the newest execution of this pipeline if it stopped before finishing",
+    )
+    _store_option(parser)
+    parser.set_defaults(handler=_run)
+
+
+def _add_pipelines(sub: argparse._SubParsersAction) -> None:
+    actions = sub.add_parser("pipelines", help="list and show pipeline executions").add_subparsers(metavar="ACTION")
+    listing = actions.add_parser("list", help="pipeline executions, newest first")
+    listing.add_argument("--name", help="only executions of this pipeline")
+    listing.add_argument("--limit", type=int, default=20)
+    show = actions.add_parser("show", help="one execution's steps: status, duration, outputs, error")
+    show.add_argument("run_id", help="the execution's run id or a unique prefix of one")
+    for parser, handler in ((listing, _pipelines_list), (show, _pipelines_show)):
+        _store_option(parser)
+        parser.set_defaults(handler=handler)
+
+
+def _add_rollback(models: argparse._SubParsersAction) -> None:
+    parser = models.add_parser(
+        "rollback",
+        help="move an alias back to the version it pointed at before",
+        description="Points NAME@ALIAS back at its previous holder from the alias history (a promotion undone; "
+        "rolling back again goes further back). The move is recorded in the history like any promotion.",
+    )
+    parser.add_argument("name", help="the model, e.g. digits")
+    parser.add_argument("--alias", default="production", help="the alias to move back (default production)")
+    _store_option(parser)
+    parser.set_defaults(handler=_rollback)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register the jobs verbs on the ``kiln`` parser (after the core verbs, whose groups two of them join)."""
     _add_train(sub)
+    _add_run(sub)
+    _add_pipelines(sub)
     _add_rerun(_subparsers(sub.choices["runs"]))
+    _add_rollback(_subparsers(sub.choices["models"]))
 
 
 if __name__ == "__main__":  # pragma: no cover
