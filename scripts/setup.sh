@@ -16,3 +16,9 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
 fi
 echo "kiln setup: installing kiln[$extras]"
 .venv/bin/pip install --quiet -e ".[$extras]"
+if [[ ",$extras," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
+  # tests/ui drive a real browser: Debian's chromium through Playwright (Playwright's own download is not used).
+  echo "kiln setup: installing chromium (Debian) for the browser tests"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq chromium >/dev/null || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
+fi
