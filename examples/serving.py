@@ -1,0 +1,76 @@
+"""What every gallery example does last: serve the registered model with `kiln serve` and query it over HTTP.
+
+Not an example of its own; the gallery scripts import it (``from serving import served``), so copy it along with the
+script you copy. ``served`` starts ``kiln serve NAME@ALIAS`` as a real process on 127.0.0.1 (the store is the same
+``$KILN_HOME`` or ``./.kiln`` the script registered into), waits until it is ready, hands you a
+:class:`kiln.serve.Client`, and stops the server with SIGTERM (it answers what is in flight, then exits 0).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiln.serve import Client
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def served(reference: str, *, timeout: float = 120.0) -> Iterator[Client]:
+    """``kiln serve REFERENCE`` on a free port for the duration of the ``with`` block.
+
+    Example:
+        >>> with served("tabular@production") as client:
+        ...     logits = client.predict("tabular", x)
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "kiln.cli", "serve", reference, "--port", str(port), "--no-access-log"]
+    with tempfile.TemporaryFile(mode="w+") as log:  # the server's log, shown if it fails to start
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            with Client(f"http://127.0.0.1:{port}") as client:
+                deadline = time.monotonic() + timeout
+                while not client.ready():  # poll /readyz; give up if the server exits or the deadline passes
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise SystemExit(f"kiln serve {reference} did not become ready:\n{log.read()[-2000:]}")
+                    time.sleep(0.1)
+                yield client
+        finally:
+            if server.poll() is None:
+                server.terminate()  # SIGTERM: the server drains in-flight requests and exits 0
+            server.wait(timeout=60)
+
+
+def show_commands(reference: str, request: dict[str, Any], path: Path, *, note: str = "") -> None:
+    """Write one request body to ``path`` and print the two commands that serve the model and send it."""
+    path.write_text(json.dumps(request, default=_plain) + "\n")
+    name = reference.split("@")[0]
+    print(f"\nserve it:   kiln serve {reference}")
+    print(
+        f"query it:   kiln predict {name} --input @{path}     # or: curl -s localhost:8000/v1/models/{name}:predict "
+        f"-d @{path}"
+    )
+    if note:
+        print(f"            {note}")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
