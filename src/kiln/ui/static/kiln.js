@@ -127,6 +127,7 @@
         if (l.series.nonfinite.length) nan.push(l.label + " at step " + l.series.nonfinite.slice(0, 3).join(", "));
       }
       this.box.dataset.series = String(this.lines.length);
+      this.box.dataset.log = log ? "1" : "0";
       this.box.dataset.lastStep = lastStep === null ? "" : String(lastStep);
       this.note.textContent = "";
       const parts = [];
