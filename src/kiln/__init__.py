@@ -38,9 +38,9 @@ _EXPORTS: dict[str, str] = {
 }
 
 # Subpackages reachable as attributes (kiln.data, kiln.store, ...), also imported on first use.
-_SUBMODULES = ("data", "distributed", "errors", "export", "kernels", "serve", "store", "train")
+_SUBMODULES = ("data", "distributed", "errors", "export", "kernels", "serve", "store", "train", "tune")
 
-__all__ = ["__version__", "init", *sorted(_EXPORTS)]
+__all__ = ["__version__", "init", "tune", *sorted(_EXPORTS)]  # kiln.tune: the package, callable as tune()
 
 
 def __getattr__(name: str) -> Any:

@@ -67,8 +67,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["running", "finished", "failed", "killed"]
-STATUSES: tuple[Status, ...] = ("running", "finished", "failed", "killed")  # what the store records
+Status = Literal["running", "finished", "failed", "killed", "pruned"]  # pruned: a tuning trial stopped early
+STATUSES: tuple[Status, ...] = ("running", "finished", "failed", "killed", "pruned")  # what the store records
 # What listing reports: "stale" is a running run whose process cannot be checked and has been silent too long.
 REPORTED_STATUSES: tuple[str, ...] = (*STATUSES, "stale")
 MetricRow = tuple[str, int, float, "int | None"]  # (key, step, value, epoch)
