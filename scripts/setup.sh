@@ -22,3 +22,9 @@ if [[ ",$extras," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get install -y -qq chromium >/dev/null || { $sudo apt-get update -qq && $sudo apt-get install -y -qq chromium >/dev/null; }
 fi
+if [[ ",$extras," == *",dev,"* ]] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  # tests/store run against a throwaway PostgreSQL 15 cluster (tests/store/postgres.py): the server from Debian.
+  echo "kiln setup: installing PostgreSQL (Debian) for the store tests"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get install -y -qq postgresql >/dev/null || { $sudo apt-get update -qq && $sudo apt-get install -y -qq postgresql >/dev/null; }
+fi

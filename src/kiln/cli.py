@@ -24,12 +24,14 @@ _VERB_MODULES: tuple[str, ...] = ("kiln.jobs.commands", "kiln.ui.commands")
 def _info(args: argparse.Namespace) -> int:
     import torch
 
+    from .store.location import describe_store
     from .train.model import default_device
 
     print(f"kiln {__version__}")
     print(f"torch {torch.__version__}")
     print(f"device {default_device()}")
     print(f"threads {torch.get_num_threads()}")
+    print(f"store {describe_store()}")  # a database URL with its password masked
     return 0
 
 
@@ -38,10 +40,27 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_info)
 
 
+class _BlobsAction(argparse.Action):
+    """``--blobs PATH``: also exported as KILN_BLOBS, so verbs that open the store deeper down see it too."""
+
+    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
+        import os
+
+        os.environ["KILN_BLOBS"] = str(values)
+        setattr(namespace, self.dest, values)
+
+
 def _store_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--store", metavar="PATH", default=None, help="the store directory (default: $KILN_HOME, else ./.kiln)"
-    )
+        "--store", metavar="PATH|URL", default=None,
+        help="the store: a directory (the embedded store) or a database URL, postgresql://USER@HOST/DB (default: "
+        "$KILN_STORE, else $KILN_HOME, else ./.kiln)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--blobs", metavar="PATH", default=None, action=_BlobsAction,
+        help="the blob directory of a database store, shared by every machine (default: $KILN_BLOBS, else "
+        "$KILN_HOME/blobs, else ./.kiln/blobs)",
+    )  # fmt: skip
 
 
 def _trust_option(parser: argparse.ArgumentParser, what: str) -> None:
@@ -65,7 +84,7 @@ def _print_trust(store: Any, versions: Any, trust: Sequence[str]) -> bool:
 def _open_store(args: argparse.Namespace) -> Any:
     from .store import Store
 
-    return Store(args.store, create=False)
+    return Store(args.store, create=False, blobs=getattr(args, "blobs", None))
 
 
 def _print(*renderables: Any) -> None:
@@ -212,8 +231,29 @@ def _store_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_migrate(args: argparse.Namespace) -> int:
+    from .store.migrate import migrate_store
+
+    print(migrate_store(args.store, blobs=args.blobs))
+    return 0
+
+
+def _store_copy(args: argparse.Namespace) -> int:
+    from .store.copy import copy_store
+
+    def progress(what: str, done: int, total: int) -> None:
+        print(f"\r  {what}: {done}/{total}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+    report = copy_store(
+        args.source, args.destination, source_blobs=args.source_blobs, blobs=args.blobs, force=args.force,
+        progress=progress,
+    )  # fmt: skip
+    print(report.describe())
+    return 0
+
+
 def _add_store(sub: argparse._SubParsersAction) -> None:
-    store = sub.add_parser("store", help="maintain the store directory (gc)")
+    store = sub.add_parser("store", help="maintain a store (gc, migrate, copy)")
     actions = store.add_subparsers(metavar="ACTION")
     gc = actions.add_parser(
         "gc",
@@ -233,6 +273,32 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
     gc.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be freed")
     _store_option(gc)
     gc.set_defaults(handler=_store_gc)
+    migrate = actions.add_parser(
+        "migrate",
+        help="create or upgrade the store's tables to this kiln's schema",
+        description="Bring the store's schema to this kiln's revision, in place and in one transaction: creates the "
+        "tables in an empty database, upgrades an older store (nothing is lost). A PostgreSQL store is only "
+        "upgraded by this command; every kiln that uses it must then be this version or newer.",
+    )
+    _store_option(migrate)
+    migrate.set_defaults(handler=_store_migrate)
+    copy = actions.add_parser(
+        "copy",
+        help="copy a whole store (SQLite <-> PostgreSQL): runs, metrics, models, aliases and blobs",
+        description="Copy every run (params, metrics, artifacts), model, version, alias and alias move, and every "
+        "blob they reference, from SRC to DST (each a directory or a database URL). Each blob is hashed on arrival; "
+        "the rows are written in one transaction, so a failed copy leaves DST as it was. DST must be empty unless "
+        "--force (then runs and models DST already has are left alone and reported).",
+    )
+    copy.add_argument("source", metavar="SRC", help="the store to copy: a directory or a database URL")
+    copy.add_argument("destination", metavar="DST", help="where to copy it: a directory or a database URL")
+    copy.add_argument("--source-blobs", metavar="PATH", default=None,
+                      help="the blob directory of SRC, when it is a database store (default: as for DST)")  # fmt: skip
+    copy.add_argument("--blobs", metavar="PATH", default=None,
+                      help="the blob directory of DST, when it is a database store (default: $KILN_BLOBS, else "
+                      "$KILN_HOME/blobs, else ./.kiln/blobs)")  # fmt: skip
+    copy.add_argument("--force", action="store_true", help="copy into a DST that already has runs or models")
+    copy.set_defaults(handler=_store_copy)
 
 
 def _token(args: argparse.Namespace) -> str | None:

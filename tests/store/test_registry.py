@@ -1,4 +1,4 @@
-"""Models, versions, aliases, lineage and deletion on a real SQLite store."""
+"""Models, versions, aliases, lineage and deletion, on a real SQLite store and a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import pytest
 
 from kiln.errors import ConfigError, IntegrityError, NotFoundError, StoreError
 from kiln.store import Store
+
+BACKENDS = ("sqlite", "postgresql")
 
 
 def _file(tmp_path: Path, content: bytes, name: str = "w.bin") -> Path:

@@ -1,13 +1,11 @@
-"""Tracked runs: params, buffered metrics, status, artifacts, listing."""
+"""Tracked runs: params, buffered metrics, status, artifacts, listing; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import select
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from kiln.errors import ConfigError, InvalidNameError, StoreError
 from kiln.store import Store
@@ -22,6 +21,9 @@ from kiln.store.liveness import machine_key, this_process
 from kiln.store.runs import mark_killed
 from kiln.store.schema import runs
 
+from .conftest import Backend
+
+BACKENDS = ("sqlite", "postgresql")
 linux_only = pytest.mark.skipif(machine_key() is None, reason="pids are judged only where /proc tells (Linux)")
 
 
@@ -109,8 +111,8 @@ def test_artifacts_are_content_addressed(store: Store, tmp_path: Path) -> None:
 
 def _stored(store: Store, run_id: str) -> tuple[str, float | None, float | None]:
     """(status, end_time, heartbeat) as recorded, bypassing any judgement."""
-    with contextlib.closing(sqlite3.connect(store.path / "kiln.db")) as connection:
-        return connection.execute("SELECT status, end_time, heartbeat FROM runs WHERE id = ?", (run_id,)).fetchone()
+    query = sa.select(runs.c.status, runs.c.end_time, runs.c.heartbeat).where(runs.c.id == run_id)
+    return tuple(store.database.read(lambda connection: connection.execute(query).one()))  # type: ignore[return-value]
 
 
 def _set(store: Store, run_id: str, **values: Any) -> None:
@@ -122,7 +124,7 @@ def _set(store: Store, run_id: str, **values: Any) -> None:
 CHILD_RUN = """
 import sys
 from kiln.store import Store
-run = Store(sys.argv[1]).start_run("child")
+run = Store().start_run("child")
 run.log({"loss": 0.5}, step=1)
 run.flush()
 print(run.id, flush=True)
@@ -138,14 +140,14 @@ def _readline(child: subprocess.Popen, timeout: float = 120) -> str:
 
 
 @linux_only
-def test_sigkilled_process_run_is_recorded_killed(store: Store) -> None:
+def test_sigkilled_process_run_is_recorded_killed(backend: Backend, store: Store) -> None:
     with subprocess.Popen(
-        [sys.executable, "-c", CHILD_RUN, str(store.path)],
+        [sys.executable, "-c", CHILD_RUN],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=os.environ.copy(),
+        env={**os.environ, **backend.env()},
     ) as child:
         try:
             run_id = _readline(child)

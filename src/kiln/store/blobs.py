@@ -295,11 +295,17 @@ class BlobWriter:
 
 
 class BlobStore:
-    """The ``blobs/`` and ``tmp/`` directories of a store."""
+    """The blob directory of a store (``sha256/ab/cd/<digest>`` inside it) and its ``tmp/`` directory.
 
-    def __init__(self, root: Path) -> None:
-        self.root = root / "blobs" / "sha256"
-        self.tmp_dir = root / "tmp"
+    ``tmp`` must be on the same file system as the blobs (a blob is renamed from one into the other), and the
+    file system must make a rename atomic: a store shared by several machines keeps its blobs on a file system that
+    does (NFSv4, CephFS, Lustre, GPFS), and every machine mounts the same directory.
+    """
+
+    def __init__(self, directory: Path, tmp: Path | None = None) -> None:
+        self.directory = directory
+        self.root = directory / "sha256"
+        self.tmp_dir = tmp if tmp is not None else directory / "tmp"
         self.direct = hasattr(os, "O_DIRECT")  # large writes around the page cache, until the file system refuses
 
     def create(self) -> None:

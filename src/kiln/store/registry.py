@@ -1,8 +1,10 @@
 """Models, versions and aliases: the SQL side of the registry.
 
-A version is published in one ``synchronous=FULL`` transaction holding the write lock: the next number is
-``max(version) + 1`` read under that lock, so concurrent publishers get 1, 2, 3... with no gap and no duplicate.
-Deleted versions stay as tombstones, so a number is never handed out twice.
+A version is published in one durable transaction holding the model's lock (SQLite: the database write lock;
+PostgreSQL: the model's row, ``SELECT ... FOR UPDATE``): the next number is ``max(version) + 1`` read under that
+lock, so concurrent publishers get 1, 2, 3... with no gap and no duplicate. Every write to a model's versions and
+aliases takes the same lock, so a reader sees an alias move whole: before it or after it. Deleted versions stay as
+tombstones, so a number is never handed out twice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from ..errors import NotFoundError, StoreError
+from . import dialects
 from .blobs import Blob, BlobStore, BlobWriter
 from .database import Database
 from .faults import crash_point
@@ -83,15 +86,18 @@ class AliasMove:
     time: float
 
 
-def _model_id(connection: Connection, name: str, *, create: bool = False) -> int:
-    query = sa.select(models.c.id).where(models.c.name == name).with_for_update()
+def _model_id(connection: Connection, name: str, *, create: bool = False, lock: bool = False) -> int:
+    """The model's id; ``lock``: hold its row until the transaction ends (every writer of the model does)."""
+    query = sa.select(models.c.id).where(models.c.name == name)
+    if lock:
+        query = query.with_for_update()
     found = connection.execute(query).scalar()
-    if found is not None:
-        return int(found)
-    if not create:
+    if found is None and create:  # two first publishes at once: one row is created, both then lock it
+        dialects.insert_ignore(connection, models, {"name": name, "created": time.time()})
+        found = connection.execute(query).scalar()
+    if found is None:
         raise NotFoundError(f"no model named {name!r} in this store; list them with 'kiln models list'.")
-    result = connection.execute(models.insert().values(name=name, created=time.time()))
-    return int(result.inserted_primary_key[0])  # type: ignore[index]
+    return int(found)
 
 
 def _version_row(connection: Connection, model_id: int, reference: Reference) -> Row[Any]:
@@ -224,11 +230,12 @@ def publish(
     assert all(writer.blob is not None for writer in files.values()), "publish takes committed blobs only"
 
     def run(connection: Connection) -> int:
+        dialects.lock_blobs(connection, exclusive=False)
         crash_point("publish:locked")
         lost = [file for file, writer in files.items() if not blobs.restore(writer)]
         if lost:
             raise StoreError(f"blobs of {lost} vanished before {name!r} was published (a concurrent delete); retry.")
-        model_id = _model_id(connection, name, create=True)
+        model_id = _model_id(connection, name, create=True, lock=True)
         last = connection.execute(sa.select(sa.func.max(versions.c.version)).where(versions.c.model_id == model_id))
         version = int(last.scalar() or 0) + 1
         result = connection.execute(
@@ -257,7 +264,7 @@ def promote(database: Database, name: str, version: int, alias: str) -> int | No
     check_alias(alias)
 
     def run(connection: Connection) -> int | None:
-        model_id = _model_id(connection, name)
+        model_id = _model_id(connection, name, lock=True)
         _version_row(connection, model_id, Reference(name, version=version))
         key = (aliases.c.model_id == model_id) & (aliases.c.alias == alias)
         old = connection.execute(sa.select(aliases.c.version).where(key)).scalar()
@@ -293,7 +300,7 @@ def remove_alias(database: Database, name: str, alias: str) -> int:
     check_alias(alias)
 
     def run(connection: Connection) -> int:
-        model_id = _model_id(connection, name)
+        model_id = _model_id(connection, name, lock=True)
         old = connection.execute(
             sa.select(aliases.c.version).where(aliases.c.model_id == model_id, aliases.c.alias == alias)
         ).scalar()
@@ -330,7 +337,7 @@ def delete_version(database: Database, blobs: BlobStore, reference: str, *, forc
         )
 
     def run(connection: Connection) -> ModelVersion:
-        model_id = _model_id(connection, ref.name)
+        model_id = _model_id(connection, ref.name, lock=True)
         row = _version_row(connection, model_id, ref)
         deleted = _build(connection, ref.name, [row])[0]
         if deleted.aliases and not force:
@@ -357,7 +364,7 @@ def delete_model(database: Database, blobs: BlobStore, name: str, *, force: bool
     check_name(name)
 
     def run(connection: Connection) -> tuple[list[int], set[str]]:
-        model_id = _model_id(connection, name)
+        model_id = _model_id(connection, name, lock=True)
         rows = connection.execute(
             sa.select(versions).where(versions.c.model_id == model_id, versions.c.status == "ready")
         ).all()
@@ -397,6 +404,7 @@ def unlink_unreferenced(database: Database, blobs: BlobStore, digests: set[str])
         return 0
 
     def run(connection: Connection) -> int:
+        dialects.lock_blobs(connection, exclusive=True)
         doomed = digests - referenced_digests(connection, digests)
         for digest in sorted(doomed):
             blobs.unlink(digest)

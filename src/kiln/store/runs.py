@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError, NotFoundError, StoreError
 from .blobs import Blob
-from .database import Database
+from .database import Database, DatabaseUnavailable
 from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, this_process
 from .names import check_file_name, check_name, check_run_id
 from .schema import metrics, run_artifacts, runs
@@ -49,6 +49,7 @@ class RunStore(Protocol):
     database: Database
 
     def log_artifact(self, run_id: str, name: str, path: str | os.PathLike[str]) -> Blob: ...
+
 
 __all__ = [
     "REPORTED_STATUSES",
@@ -163,8 +164,10 @@ def dead_runs(connection: Connection) -> dict[str, Any]:
 def mark_killed(connection: Connection, dead: Mapping[str, Any]) -> list[str]:
     """Under the write lock: record "killed" (ended at the last heartbeat) for ``dead`` runs still running as the
     same process; one resumed by another process meanwhile is left alone."""
-    query = sa.select(runs.c.id, runs.c.process, runs.c.heartbeat, runs.c.start_time).where(
-        runs.c.id.in_(list(dead)), runs.c.status == "running"
+    query = (
+        sa.select(runs.c.id, runs.c.process, runs.c.heartbeat, runs.c.start_time)
+        .where(runs.c.id.in_(list(dead)), runs.c.status == "running")
+        .with_for_update()  # a resume_run committing meanwhile waits, or is seen
     )
     killed = []
     for row in connection.execute(query).all():
@@ -364,18 +367,33 @@ class Run:
         self.log_rows([(_check_key(key), step, float(value), epoch) for key, value in values.items()])
 
     def log_rows(self, rows: Iterable[MetricRow]) -> None:
-        """Buffer ``(key, step, value, epoch)`` rows (keys already checked by the caller)."""
+        """Buffer ``(key, step, value, epoch)`` rows (keys already checked by the caller).
+
+        When the buffer is due, it is written; if the database server cannot be reached then (it restarts, the
+        network is down), the rows stay buffered, a warning is logged, and the next flush writes them.
+        """
         self._rows.extend(rows)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+            try:
+                self.flush()
+            except DatabaseUnavailable as error:
+                logger.warning("run %s: %d metric row(s) kept in memory until the store answers: %s",
+                               self.id, len(self._rows), error)  # fmt: skip
 
     def flush(self) -> None:
-        """Write buffered metrics, and the run's heartbeat, in one transaction (nothing when none are buffered)."""
+        """Write buffered metrics, and the run's heartbeat, in one transaction (nothing when none are buffered).
+
+        Rows that could not be written because the database is unreachable stay buffered (and the error is raised).
+        """
         rows, self._rows = self._rows, []
         self._last_flush = time.monotonic()
         if rows:
             now = time.time()
-            self.store.database.write(lambda connection: insert_metrics(connection, self.id, rows, now))
+            try:
+                self.store.database.write(lambda connection: insert_metrics(connection, self.id, rows, now))
+            except DatabaseUnavailable:
+                self._rows[:0] = rows
+                raise
 
     def log_artifact(self, name: str, path: str | os.PathLike[str]) -> Blob:
         """Store a file (a plot, a config, a checkpoint) as a content-addressed artifact of this run."""
@@ -392,7 +410,11 @@ class Run:
             insert_metrics(connection, self.id, pending, now)
             connection.execute(runs.update().where(runs.c.id == self.id).values(status=status, end_time=now))
 
-        self.store.database.write(run)
+        try:
+            self.store.database.write(run)
+        except DatabaseUnavailable:
+            self._rows[:0] = pending
+            raise
         self.status = status
 
     def __enter__(self) -> Run:

@@ -1,40 +1,33 @@
-"""Tables of the store and their versioned migrations.
+"""The store's tables: one SQLAlchemy Core definition for SQLite and PostgreSQL alike.
 
-The schema version lives in the ``kiln_schema`` table. Opening a store reads it without a lock; only when it is
-behind does the opener take the write lock, read it again and migrate, so any number of processes can open a
-store at once and exactly one of them creates or upgrades it.
+Changing a table means a new Alembic revision in ``migrations/versions/`` (see :mod:`kiln.store.migrate`); a test
+checks that the revisions build exactly these tables on both databases.
 
-Versions: 1, the first; 2 adds ``runs.process`` (who runs it: host, machine key, pid, process start time) and
-``runs.heartbeat`` (last sign of life), so a run whose process died without finishing it can be told apart.
+``kiln_schema`` is what kiln 0.1 versioned its schema with (1: the first; 2: ``runs.process`` and
+``runs.heartbeat``). Alembic took over at revision 0001, which is schema 2; the table stays, holding
+:data:`LEGACY_SENTINEL`, so that a kiln 0.1 refuses a store migrated by Alembic ("newer than this kiln") instead of
+writing to tables it no longer knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
-
-from ..errors import StoreError
-from .database import Database
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "UPGRADES",
+    "LEGACY_SENTINEL",
     "alias_history",
     "aliases",
+    "kiln_schema",
     "metadata",
     "metrics",
-    "migrate",
     "models",
     "run_artifacts",
     "runs",
-    "schema_version",
     "version_files",
     "versions",
 ]
 
-SCHEMA_VERSION = 2
+LEGACY_SENTINEL = 3  # kiln_schema.version of every store Alembic manages: above what kiln 0.1 opens (2)
 
 metadata = sa.MetaData()
 
@@ -137,62 +130,3 @@ alias_history = sa.Table(
     sa.Column("new_version", sa.Integer),  # None: the alias was removed
     sa.Column("time", sa.Float, nullable=False),
 )
-
-
-def _add_column(connection: Connection, column: sa.Column) -> None:
-    kind = column.type.compile(dialect=connection.dialect)
-    connection.exec_driver_sql(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} {kind}")
-
-
-def _upgrade_to_2(connection: Connection) -> None:
-    """Runs learn who logs them and when they last did; a running run's last sign of life is its last metric."""
-    _add_column(connection, runs.c.process)
-    _add_column(connection, runs.c.heartbeat)
-    last_metric = sa.select(sa.func.max(metrics.c.time)).where(metrics.c.run_id == runs.c.id).scalar_subquery()
-    connection.execute(
-        runs.update()
-        .where(runs.c.status == "running")
-        .values(heartbeat=sa.func.coalesce(last_metric, runs.c.start_time))
-    )
-
-
-# UPGRADES[n] turns a version n-1 store into a version n store (a fresh store is created at SCHEMA_VERSION).
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_to_2}
-
-
-def schema_version(connection: Connection) -> int:
-    """The schema version recorded in the database (0 for an empty database)."""
-    if not sa.inspect(connection).has_table("kiln_schema"):
-        return 0
-    value = connection.execute(sa.select(kiln_schema.c.version).where(kiln_schema.c.id == 1)).scalar()
-    return int(value or 0)
-
-
-def _check_not_newer(found: int, where: str) -> None:
-    if found > SCHEMA_VERSION:
-        raise StoreError(
-            f"the store at {where} has schema version {found}, newer than this kiln understands ({SCHEMA_VERSION}). "
-            "Upgrade kiln (pip install -U kiln) to open it."
-        )
-
-
-def _migrate_locked(connection: Connection, where: str) -> None:
-    found = schema_version(connection)  # read again under the write lock: another process may have migrated
-    _check_not_newer(found, where)
-    if found == SCHEMA_VERSION:
-        return
-    if found == 0:
-        metadata.create_all(connection)
-        connection.execute(kiln_schema.insert().values(id=1, version=SCHEMA_VERSION))
-        return
-    for target in range(found + 1, SCHEMA_VERSION + 1):
-        UPGRADES[target](connection)
-    connection.execute(kiln_schema.update().where(kiln_schema.c.id == 1).values(version=SCHEMA_VERSION))
-
-
-def migrate(database: Database, *, where: str) -> None:
-    """Bring the database to SCHEMA_VERSION; cheap (one read) when it already is."""
-    found = database.read(schema_version)
-    _check_not_newer(found, where)
-    if found != SCHEMA_VERSION:
-        database.write(lambda connection: _migrate_locked(connection, where), durable=True)

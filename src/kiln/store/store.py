@@ -1,4 +1,4 @@
-"""The Store: one directory holding an SQLite database and content-addressed blobs; runs and models in one place."""
+"""The Store: runs and models in one place: metadata in SQLite or PostgreSQL, content-addressed blobs in files."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError, IntegrityError, NotFoundError, StoreError
-from . import registry
+from . import dialects, registry
 from .blobs import Blob, BlobStore, BlobWriter, remove_older
 from .content import check_package_file, head_of, read_head
 from .database import Database
 from .liveness import STALE_AFTER_SECONDS, check_stale_after
+from .location import StoreLocation, default_path, locate
 from .manifest import MANIFEST, read_manifest
+from .migrate import open_schema
 from .names import check_file_name, check_name
 from .registry import AliasMove, ModelSummary, ModelVersion
 from .runs import (
@@ -38,17 +40,12 @@ from .runs import (
     run_infos,
     system_info,
 )
-from .schema import metrics, migrate, run_artifacts, runs
+from .schema import metrics, run_artifacts, runs
 from .verify import VerifyReport, verify_versions
 
 __all__ = ["GcReport", "Store", "default_path"]
 
 FileSource = str | os.PathLike[str] | BlobWriter
-
-
-def default_path() -> Path:
-    """``$KILN_HOME`` when set, else ``./.kiln`` (the one place kiln reads KILN_HOME)."""
-    return Path(os.environ.get("KILN_HOME") or ".kiln")
 
 
 @dataclass(frozen=True)
@@ -62,35 +59,62 @@ class GcReport:
 
 
 class Store:
-    """Tracked runs and a versioned, integrity-checked model registry in one directory.
+    """Tracked runs and a versioned, integrity-checked model registry.
 
-    ``path`` defaults to ``$KILN_HOME`` or ``./.kiln``; it is created unless ``create=False``. Any number of
-    processes may open the same store: writes take SQLite's write lock, reads never wait.
+    ``path`` is a store reference: a directory (the embedded store: SQLite and blobs in one place; created unless
+    ``create=False``) or a database URL (``postgresql://USER@HOST/DB``: a team store, with its blobs under
+    ``blobs``, a directory every machine shares). It defaults to ``$KILN_STORE``, else ``$KILN_HOME``, else
+    ``./.kiln``; ``blobs`` defaults to ``$KILN_BLOBS``, else the embedded store's own ``blobs/`` or, for a
+    database server, ``$KILN_HOME/blobs`` (``./.kiln/blobs``). Any number of processes may open the same store.
+    See :mod:`kiln.store.location` and docs/store.md.
 
     Example:
         >>> store = Store("./.kiln")
         >>> version = kiln.export.register_module(net, "digits", store=store, example_input=x[:1])
         >>> store.promote("digits", version.version, "production")
         >>> module = kiln.export.load("digits@production", store=store)
+        >>> team = Store("postgresql://kiln@db.lab/kiln", blobs="/shared/kiln-blobs")
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, create: bool = True) -> None:
-        self.path = Path(path if path is not None else default_path()).absolute()
-        if not (self.path / "kiln.db").exists() and not create:
-            raise StoreError(
-                f"no kiln store at {self.path}: pass --store / set KILN_HOME to an existing store, or "
-                "create one with kiln.store.Store(path)."
-            )
-        if self.path.exists() and not self.path.is_dir():
-            raise StoreError(f"store path {self.path} exists and is not a directory.")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.blobs = BlobStore(self.path)
-        self.blobs.create()
-        self.database = Database(sa.engine.URL.create("sqlite", database=str(self.path / "kiln.db")))
-        migrate(self.database, where=str(self.path))
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        create: bool = True,
+        blobs: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.location: StoreLocation = locate(path, blobs=blobs)
+        if self.location.directory is not None:
+            self.path = self.location.directory
+            if not (self.path / "kiln.db").exists() and not create:
+                raise StoreError(
+                    f"no kiln store at {self.path}: pass --store / set KILN_HOME to an existing store, or "
+                    "create one with kiln.store.Store(path)."
+                )
+            if self.path.exists() and not self.path.is_dir():
+                raise StoreError(f"store path {self.path} exists and is not a directory.")
+            self.path.mkdir(parents=True, exist_ok=True)
+        else:
+            self.path = self.location.blobs  # the files of a team store; its rows are in the database
+        self.blobs = BlobStore(self.location.blobs, self.location.tmp)
+        where = self.location.describe()
+        self.database = Database(self.location.url, describe=where, secrets=self.location.secrets())
+        try:
+            open_schema(self.database, where=where, create=create, auto_upgrade=self.location.embedded)
+            self.blobs.create()
+        except BaseException:
+            self.database.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """Where the store is, fit to show: the directory, or the database URL with its password masked."""
+        return self.location.describe()
 
     def __repr__(self) -> str:
-        return f"Store({str(self.path)!r})"
+        if self.location.embedded and self.location.blobs == self.path / "blobs":
+            return f"Store({str(self.path)!r})"
+        return f"Store({self.url!r}, blobs={str(self.location.blobs)!r})"
 
     def close(self) -> None:
         self.database.close()
@@ -198,6 +222,7 @@ class Store:
         blob = writer.commit()
 
         def write(connection: Connection) -> None:
+            dialects.lock_blobs(connection, exclusive=False)
             if not self.blobs.restore(writer):
                 raise StoreError(f"artifact {name!r} vanished before it was recorded (a concurrent gc); retry.")
             key = (run_artifacts.c.run_id == full) & (run_artifacts.c.name == name)
@@ -397,11 +422,14 @@ class Store:
         cutoff = time.time() - grace_seconds
 
         def sweep(connection: Connection) -> list[int]:
+            if not dry_run:
+                dialects.lock_blobs(connection, exclusive=True)
             keep = registry.referenced_digests(connection)
             unreferenced = [path for path in self.blobs.blobs() if path.name not in keep]
             return remove_older(unreferenced, cutoff=cutoff, dry_run=dry_run)
 
-        # Under the write lock, so no publish can reference a blob between the check and the unlink.
+        # Under the write lock (PostgreSQL: the blobs lock), so no publish can reference a blob between the check and
+        # the unlink.
         blobs = self.database.read(sweep) if dry_run else self.database.write(sweep)
         temp_files, temp_bytes = self.blobs.clean_tmp(older_than=grace_seconds, dry_run=dry_run)
         return GcReport(len(blobs), temp_files, sum(blobs) + temp_bytes, dry_run)

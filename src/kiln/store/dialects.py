@@ -1,0 +1,156 @@
+"""What differs between SQLite and PostgreSQL, in one place; every other module writes dialect-neutral Core.
+
+============================  ===============================================  =========================================
+                              SQLite (embedded)                                PostgreSQL (team store)
+============================  ===============================================  =========================================
+engine                        one file; WAL, busy_timeout, foreign keys        a pool (pre-ping, recycle), psycopg 3
+read transaction              ``BEGIN``: one snapshot (WAL)                    REPEATABLE READ, READ ONLY: one snapshot
+write transaction             ``BEGIN IMMEDIATE``: the one writer at a time    READ COMMITTED; rows that order writers
+                                                                               are locked (``SELECT ... FOR UPDATE``)
+durable vs metrics write      ``synchronous`` FULL vs NORMAL                   ``synchronous_commit`` on vs off
+next version number           ``max + 1`` under the database write lock        ``max + 1`` under the model row's lock
+creating a model row          the write lock                                   ``INSERT ... ON CONFLICT DO NOTHING``
+blobs vs their rows           the write lock                                   advisory lock: shared by publishes,
+                                                                               exclusive for unlinking (gc, delete)
+schema migration              the write lock                                   advisory lock
+retried transparently         "database is locked"                             serialisation failure, deadlock, a lost
+                                                                               connection (after the first connect)
+============================  ===============================================  =========================================
+
+A transaction that loses its connection is rolled back by the server and retried whole; only a commit whose
+acknowledgement is lost (the server restarts between committing and answering) can be applied twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+__all__ = [
+    "Mode",
+    "Trouble",
+    "begin",
+    "create_engine",
+    "insert_ignore",
+    "lock_blobs",
+    "lock_schema",
+    "started",
+    "trouble",
+]
+
+Mode = Literal["read", "write", "durable"]
+Trouble = Literal["busy", "disconnected", "credentials", "no-database", "other"]
+
+BUSY_TIMEOUT_MS = 30_000
+_BLOBS_LOCK = 0x6B696C6E_626C6F62  # "kilnblob": PostgreSQL advisory lock keys, one per purpose
+_SCHEMA_LOCK = 0x6B696C6E_73636865  # "kilnsche"
+_POOL = {"pool_size": 5, "max_overflow": 10, "pool_pre_ping": True, "pool_recycle": 1800, "pool_timeout": 60}
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite would otherwise open transactions lazily).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    mode: Mode = connection.get_execution_options().get("kiln_mode", "read")
+    if mode == "read":
+        connection.exec_driver_sql("BEGIN")
+        return
+    connection.exec_driver_sql(f"PRAGMA synchronous = {'FULL' if mode == 'durable' else 'NORMAL'}")
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(url: sa.engine.URL) -> Engine:
+    """An engine for ``url`` with the settings of the table above."""
+    if url.get_backend_name() == "sqlite":
+        engine = sa.create_engine(url)
+        sa.event.listen(engine, "connect", _on_sqlite_connect)
+        sa.event.listen(engine, "begin", _on_sqlite_begin)
+        return engine
+    try:
+        import psycopg  # noqa: F401 - checked here so the error names the extra
+    except ImportError:
+        from ..errors import ConfigError
+
+        raise ConfigError("a PostgreSQL store needs psycopg 3: pip install 'kiln[postgres]'.") from None
+    # No server-side prepared statements: they break behind a transaction-pooling PgBouncer, and cost as much here.
+    connect_args = {"connect_timeout": 10, "application_name": "kiln", "prepare_threshold": None}
+    return sa.create_engine(url, connect_args=connect_args, **_POOL)
+
+
+def begin(connection: Connection, mode: Mode) -> None:
+    """Set up ``connection`` for a transaction of ``mode``; called before ``connection.begin()``."""
+    if connection.dialect.name == "sqlite":
+        connection.execution_options(kiln_mode=mode)  # the "begin" listener emits BEGIN [IMMEDIATE]
+    elif mode == "read":
+        connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    else:
+        connection.execution_options(isolation_level="READ COMMITTED", postgresql_readonly=False)
+
+
+def started(connection: Connection, mode: Mode) -> None:
+    """First statement of a transaction: metric writes need not wait for the WAL flush (SQLite's NORMAL)."""
+    if connection.dialect.name == "postgresql" and mode == "write":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
+def insert_ignore(connection: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    """Insert ``values`` into ``table`` unless a row with the same unique key exists (created concurrently)."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def lock_blobs(connection: Connection, *, exclusive: bool) -> None:
+    """Order blob files against the rows that reference them: publishes share the lock, unlinking takes it alone.
+
+    SQLite's write lock already does (one writer at a time).
+    """
+    if connection.dialect.name == "postgresql":
+        function = sa.func.pg_advisory_xact_lock if exclusive else sa.func.pg_advisory_xact_lock_shared
+        connection.execute(sa.select(function(_BLOBS_LOCK)))
+
+
+def lock_schema(connection: Connection) -> None:
+    """One migration at a time (on SQLite the write lock is held already)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_SCHEMA_LOCK)))
+
+
+# Client-side failures to reach or keep the server (psycopg gives them no SQLSTATE).
+_LOST = (
+    "connection refused", "could not connect", "connection failed", "server closed the connection",
+    "terminating connection", "the database system is", "connection timeout", "consuming input failed",
+    "connection is closed", "ssl connection has been closed",
+)  # fmt: skip
+
+
+def trouble(error: DBAPIError) -> Trouble:
+    """What went wrong, in the terms the retry loop and the error messages need."""
+    original = error.orig
+    text = str(original).lower()
+    if "database is locked" in text or "database is busy" in text or "database table is locked" in text:
+        return "busy"
+    state = getattr(original, "sqlstate", None) or ""
+    if state in ("40001", "40P01"):  # serialization failure, deadlock: retry the whole transaction
+        return "busy"
+    if state in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:
+        return "credentials"
+    if state == "3D000" or ("database" in text and "does not exist" in text):
+        return "no-database"
+    if error.connection_invalidated or state.startswith("08") or state in ("57P01", "57P02", "57P03"):
+        return "disconnected"
+    if any(marker in text for marker in _LOST):
+        return "disconnected"
+    return "other"
