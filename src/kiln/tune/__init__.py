@@ -16,9 +16,10 @@ import sys
 import types
 from typing import Any
 
-from .results import Study, StudySummary, TrialSummary, list_studies, load_study
+from .results import Study, list_studies, load_study
 from .space import parse_space, read_space
 from .study import tune
+from .summary import StudySummary, TrialSummary
 from .trial import PruningCallback
 
 __all__ = [

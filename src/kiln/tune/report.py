@@ -5,10 +5,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .results import Study, StudySummary, TrialSummary
+    from .summary import StudySummary, TrialSummary
+
+
+class Study(Protocol):
+    """What the tables and plots read of a :class:`kiln.tune.Study` (typed so, without importing it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def metric(self) -> str | None: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    @property
+    def best_trial(self) -> TrialSummary: ...
+
+    def trials(self) -> list[TrialSummary]: ...
+
+    def importances(self) -> dict[str, float]: ...
+
 
 __all__ = ["plot_study", "studies_table", "study_tables", "trials_table"]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +12,7 @@ from ..data.arrays import ArrayDataset
 from ..errors import ConfigError, NotFoundError
 from ..store import Store
 from ..store.names import check_name
+from .summary import StudySummary, TrialSummary
 from .trial import WEIGHTS, Objective, call_objective
 
 if TYPE_CHECKING:
@@ -22,31 +22,6 @@ if TYPE_CHECKING:
     from ..store import ModelVersion
 
 __all__ = ["Study", "StudySummary", "TrialSummary", "list_studies", "load_study"]
-
-
-@dataclass(frozen=True)
-class TrialSummary:
-    """One trial: its state ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"), value, params and kiln run."""
-
-    number: int
-    state: str
-    value: float | None
-    params: dict[str, Any]
-    run_id: str | None
-    epochs: int  # epochs reported to the pruner
-    seconds: float | None
-    retry_of: int | None = None  # the trial (killed with its process) this one re-runs
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    name: str
-    metric: str | None
-    direction: str
-    trials: int
-    best_value: float | None
-    states: dict[str, int] = field(default_factory=dict)
 
 
 def _summary(trial: FrozenTrial) -> TrialSummary:
