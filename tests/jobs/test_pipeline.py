@@ -75,7 +75,7 @@ def test_a_gate_that_fails_stops_before_registering(
     assert main(["run", str(release), "--store", str(store.path)]) == 1
     err = capsys.readouterr().err
     value = production.metrics["test_accuracy"]
-    assert err == f"not promoted: {value:.3g} < {value + 0.002:.3g} (digits@production = v1)\n", err
+    assert err == f"not promoted: {value:.3f} < {value + 0.002:.3f} (digits@production = v1)\n", err
     assert [v.version for v in store.versions("digits")] == [1] and store.version("digits@production").version == 1
     failed = next(r for r in store.runs() if r.tags.get("kiln.kind") == "pipeline")
     assert failed.status == "failed"
@@ -171,3 +171,20 @@ def test_bad_pipelines_fail_before_any_step(
     err = capsys.readouterr().err
     assert err.startswith(f"kiln: error: {message}") and err.count("\n") == 1, err
     assert store.runs() == []  # nothing ran, nothing was recorded
+
+
+def test_command_line_overrides_reach_a_train_steps_job(release: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipeline = load_pipeline(release, ["train.fit.epochs=3", "train.model.lr=0.05"])
+    job = pipeline.jobs["train"].config
+    assert (job.fit.epochs, job.model.lr) == (3, 0.05) and pipeline.sha256 != load_pipeline(release).sha256
+    for override, message in [
+        ("trian.fit.epochs=3", "trian.fit.epochs: no step 'trian'; did you mean train?"),
+        (
+            "gate.check=x",
+            "gate.check: 'gate' is a gate step; only a train step's job takes overrides (edit the pipeline file "
+            "for the others)",
+        ),
+        ("train.fit.epochs=ten", 'steps[0] (train).job: fit.epochs: expected an integer, got "ten"'),
+    ]:
+        assert main(["run", str(release), override, "--store", str(release.parent / "store")]) == 2
+        assert capsys.readouterr().err == f"kiln: error: {message}\n"

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline import load_pipeline
     from .steps import GateFailed
 
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = load_pipeline(args.pipeline, args.overrides)
     try:
         result = run_pipeline(pipeline, store=args.store, resume=args.resume, log=print)
     except GateFailed as failed:
@@ -159,6 +159,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "from its last checkpoint.",
     )
     parser.add_argument("pipeline", help="the pipeline's TOML file")
+    parser.add_argument("overrides", nargs="*", metavar="STEP.SECTION.KEY=VALUE",
+                        help="override a train step's job, e.g. train.fit.epochs=20")  # fmt: skip
     parser.add_argument(
         "--resume",
         action="store_true",

@@ -37,7 +37,7 @@ from .pipeline import Pipeline
 from .steps import Context, GateFailed, execute, resolved
 from .train import open_store
 
-__all__ = ["ARTIFACT", "ExecutionResult", "find_resumable", "read_record", "run_pipeline"]
+__all__ = ["ARTIFACT", "ExecutionResult", "find_resumable", "read_record", "run_pipeline", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,22 @@ class _Recorder:
             path = Path(folder) / ARTIFACT
             path.write_text(json.dumps(jsonable(self.record), indent=1))
             self.run.log_artifact(ARTIFACT, path)
+
+
+def summarize(outputs: dict[str, Any] | None) -> str:
+    """A step's outputs on one line: ``run_id=3f2a9c0d1e2f  test_accuracy=0.9777``."""
+    if not outputs:
+        return "-"
+    parts: list[str] = []
+    for key, value in outputs.items():
+        if key == "metrics" and isinstance(value, dict):
+            parts.extend(f"{k}={v:.4g}" for k, v in sorted(value.items()))
+        elif value is not None and key != "checkpoint":
+            shown = value[:12] if key == "run_id" and isinstance(value, str) else value
+            if key == "data_fingerprint" and isinstance(value, str):
+                shown = value[:19] + "..."  # sha256: and 12 hex digits
+            parts.append(f"{key}={shown:.4g}" if isinstance(shown, float) else f"{key}={shown}")
+    return "  ".join(parts) or "-"
 
 
 def _error_line(error: BaseException) -> str:
@@ -191,7 +207,7 @@ def run_pipeline(
                 inputs=dataclasses.asdict(concrete),
             )
             recorder.save()
-            log(f"step {step.name} ({step.kind})")
+            log(f"step {index + 1}/{len(pipeline.steps)} {step.name} ({step.kind})")
             started = time.monotonic()
             try:
                 outputs = execute(concrete, context)
@@ -213,7 +229,7 @@ def run_pipeline(
                 {**_metrics(step.name, step.kind, outputs, seconds), "steps_finished": float(index + 1)}, step=index
             )
             context.outputs[step.name] = entry["outputs"]
-            log(f"step {step.name}: finished in {seconds:.1f}s")
+            log(f"step {step.name}: finished in {seconds:.1f}s  {summarize(entry['outputs'])}")
     except KeyboardInterrupt:
         run.finish("killed")
         raise

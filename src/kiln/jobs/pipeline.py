@@ -328,8 +328,29 @@ def _load_jobs(steps: Sequence[Step], base: Path) -> dict[str, LoadedJob]:
     return jobs
 
 
-def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
-    """Read and validate a pipeline file, its train steps' jobs included; nothing runs yet."""
+def _apply_overrides(steps: Sequence[Step], overrides: Sequence[str]) -> None:
+    """Add ``STEP.section.key=value`` overrides to the train step ``STEP``'s own."""
+    by_name = {step.name: step for step in steps}
+    for override in overrides:
+        name, dot, rest = override.partition(".")
+        step = by_name.get(name)
+        if step is None or not dot:
+            near = suggest(name, list(by_name))
+            hint = f"did you mean {near}?" if near else "write STEP.section.key=value (e.g. train.fit.epochs=20)"
+            raise ConfigError(f"{override.partition('=')[0]}: no step {name!r}; {hint}")
+        if not isinstance(step, TrainStep):
+            raise ConfigError(
+                f"{override.partition('=')[0]}: {name!r} is a {step.kind} step; only a train step's "
+                "job takes overrides (edit the pipeline file for the others)"
+            )
+        step.overrides.append(rest)
+
+
+def load_pipeline(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Pipeline:
+    """Read and validate a pipeline file, its train steps' jobs included; nothing runs yet.
+
+    ``overrides`` (``train.fit.epochs=20``) are added to the named train step's job overrides.
+    """
     file = Path(path).absolute()
     data, _ = read_toml(file, what="pipeline")
     unknown = set(data) - {"pipeline", "steps"}
@@ -349,6 +370,7 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
     if not isinstance(raw_steps, list) or not raw_steps:
         raise ConfigError("steps: missing; add the steps as [[steps]] tables, each with a kind and its keys")
     steps = [_read_step(i, item, file.parent) for i, item in enumerate(raw_steps)]
+    _apply_overrides(steps, overrides)
     _check_references(steps)
     for index, step in enumerate(steps):
         _check_step(index, step, steps)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
 from ..store import RunInfo, Store
-from .execution import read_record
+from .execution import read_record, summarize
 
 __all__ = ["execution_detail", "execution_table", "executions"]
 
@@ -54,20 +53,6 @@ def execution_table(runs: list[RunInfo]) -> Table:
     return table
 
 
-def _outputs(kind: str, outputs: dict[str, Any] | None) -> str:
-    if not outputs:
-        return "-"
-    shown = dict(outputs)
-    for key in ("run_id",):
-        if isinstance(shown.get(key), str):
-            shown[key] = shown[key][:12]
-    metrics = shown.pop("metrics", None)
-    text = "  ".join(f"{k}={v if not isinstance(v, float) else f'{v:.4g}'}" for k, v in shown.items() if v is not None)
-    if metrics:
-        text += "  " + "  ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-    return text.strip() or "-"
-
-
 def execution_detail(store: Store, run: RunInfo) -> list[Table]:
     """A summary of one execution and a table of its steps (status, duration, outputs, error)."""
     summary = Table(title=f"pipeline {run.name}", title_justify="left", show_header=False)
@@ -88,7 +73,7 @@ def execution_detail(store: Store, run: RunInfo) -> list[Table]:
             entry["kind"],
             Text(entry["status"], style=_STYLE.get(entry["status"], "")),
             _seconds(entry["seconds"]),
-            _outputs(entry["kind"], entry["outputs"]),
+            summarize(entry["outputs"]),
             entry["error"] or "",
         )
     return [summary, steps]

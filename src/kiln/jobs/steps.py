@@ -161,9 +161,9 @@ def _candidate(step: GateStep, context: Context, metric: str) -> float:
 
 
 def _shown(a: float, b: float) -> tuple[str, str]:
-    """``a`` and ``b`` with the fewest significant digits (at least 3) that tell them apart."""
-    for digits in range(3, 17):
-        left, right = f"{a:.{digits}g}", f"{b:.{digits}g}"
+    """``a`` and ``b`` with the fewest decimals (at least 3) that tell them apart: ``0.981`` and ``0.983``."""
+    for decimals in range(3, 13):
+        left, right = f"{a:.{decimals}f}", f"{b:.{decimals}f}"
         if left != right or a == b:
             return left, right
     return repr(a), repr(b)
