@@ -27,7 +27,7 @@ def available() -> bool:
     return (BIN / "initdb").exists() and (BIN / "pg_ctl").exists()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -41,7 +41,7 @@ class Cluster:
         self.directory = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
         self.data = self.directory / "data"
         self.log = self.directory / "server.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.store_template: str | None = None  # a database holding an empty store (conftest makes it)
         if self.as_root:
             shutil.chown(self.directory, "postgres", "postgres")
