@@ -2,14 +2,19 @@
 
 ``Model.fit`` validates its arguments, builds the loaders and hands them to a :class:`FitLoop`. The loop's position
 (epoch, batch within the epoch, optimizer step, the epoch's losses so far, the data seed) and every stateful part
-(module, optimizer, loss scaler, schedule, callbacks, RNG states) go into a checkpoint, so a run killed at any
-optimizer step continues bit for bit.
+(module, optimizers, loss scaler, schedules, callbacks, RNG states, the state a custom step carries between batches)
+go into a checkpoint, so a run killed at any optimizer step continues bit for bit.
+
+The loop runs the built-in step inlined below (:meth:`FitLoop.train_epoch`) or, for a Model with a custom
+``train_step``, several optimizers or a closure optimizer, :func:`kiln.train.steps.run_step_epoch`; which one is
+picked once per fit, so the built-in step pays nothing for the other.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -22,6 +27,7 @@ from ..errors import CheckpointError, DataError, NonFiniteLossError
 from .callbacks import Callback, overrides
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .state import Schedule, TrainState
+from .steps import StepControl, run_step_epoch
 from .strategy import full_state, is_sharded, load_full_state
 
 if TYPE_CHECKING:
@@ -96,15 +102,29 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _to_device(value: Any, device: torch.device) -> Any:
+    """A checkpoint's tensors (in dicts, tuples and lists) moved to ``device``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
+
+
 class _Trainee(TrainState, Protocol):
     """What the loop needs of ``kiln.Model`` beyond what callbacks see: it advances the position and evaluates."""
 
     epoch: int
     global_step: int
     fit_status: str
+    carry: dict[str, Any]
 
     @property
     def loss(self) -> Any: ...
+
+    def train_step(self, batch: Any) -> Mapping[str, Any]: ...
 
     def _to_device(self, value: Any) -> Any: ...
 
@@ -115,13 +135,17 @@ class FitLoop:
     """One call of ``Model.fit``: runs epochs, calls callbacks, writes and restores checkpoints."""
 
     def __init__(self, model: _Trainee, loader: Loader, val_loader: Loader | None, forward: Any,
-                 schedule: Schedule | None, callbacks: list[Callback], options: FitOptions) -> None:
+                 schedules: Mapping[str, Schedule], callbacks: list[Callback], options: FitOptions,
+                 control: StepControl | None = None) -> None:
         self.model, self.loader, self.val_loader, self.forward = model, loader, val_loader, forward
-        self.schedule, self.callbacks, self.options = schedule, callbacks, options
+        self.schedules, self.callbacks, self.options = schedules, callbacks, options
+        self.schedule = next(iter(schedules.values()), None)  # the built-in step's (it has one optimizer)
         self.hooks = {name: [cb for cb in callbacks if overrides(cb, name)] for name in HOOKS}
         self.start_epoch, self.start_batch = 0, 0
         self.resumed_losses: list[torch.Tensor] = []
         self.skipped_steps = 0
+        self.control = control  # set when the Model's train_step runs each batch (kiln.train.steps)
+        self.step_values: dict[str, list[torch.Tensor]] = {}  # what train_step returned this epoch, by name
 
     # ------------------------------------------------------------------ running
     def run(self) -> None:
@@ -134,12 +158,17 @@ class FitLoop:
                 for callback in hooks["on_epoch_start"]:
                     callback.on_epoch_start(model, epoch)
                 start = self.start_batch if epoch == self.start_epoch else 0
-                logs = {"loss": self.train_epoch(epoch, start)}
+                if self.control is None:
+                    logs = {"loss": self.train_epoch(epoch, start)}
+                else:
+                    logs = run_step_epoch(self, epoch, start)
                 if self.val_loader is not None:
                     logs.update({f"val_{k}": v for k, v in model._evaluate(self.val_loader).items()})
-                if self.schedule is not None:
-                    self.schedule.epoch_end(logs)
+                for schedule in self.schedules.values():
+                    schedule.epoch_end(logs)
                 logs["lr"] = model.optimizer.param_groups[0]["lr"]
+                if len(model.optimizers) > 1:
+                    logs.update({f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in model.optimizers.items()})
                 if self.skipped_steps:
                     logs["skipped_steps"] = float(self.skipped_steps)
                 for callback in hooks["on_epoch_end"]:
@@ -250,16 +279,25 @@ class FitLoop:
 
     def state_dict(self, epoch: int, batch: int, losses: list[torch.Tensor]) -> dict[str, Any]:
         model = self.model
-        module_state, optimizer_state = full_state(model.module, model.optimizer)
+        optimizers = dict(model.optimizers)
+        if is_sharded(model.module):  # FSDP: one optimizer, its full state gathered (a collective)
+            module_state, optimizer_state = full_state(model.module, model.optimizer)
+            optimizer_states = {name: optimizer_state for name in optimizers}
+        else:
+            module_state = model.module.state_dict()
+            optimizer_states = {name: optimizer.state_dict() for name, optimizer in optimizers.items()}
+        in_epoch = bool(batch)  # at an epoch's end the next epoch starts afresh: nothing of this one is kept
         return {
             "loop": {"epoch": epoch, "batch": batch, "global_step": model.global_step,
                      "data_seed": self.options.data_seed, "skipped_steps": self.skipped_steps,
-                     "losses": torch.stack(losses) if losses else torch.zeros(0)},
+                     "losses": torch.stack(losses) if losses else torch.zeros(0),
+                     "values": {k: torch.stack(v) for k, v in self.step_values.items()} if in_epoch else {}},
             "compatibility": self._compatibility(),
             "module": module_state,
-            "optimizer": optimizer_state,
+            "optimizers": optimizer_states,
             "precision": model.precision.state_dict(),
-            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+            "schedules": {name: schedule.state_dict() for name, schedule in self.schedules.items()},
+            "carry": model.carry if in_epoch else {},
             "callbacks": [{"class": type(cb).__name__, "state": cb.state_dict()} for cb in self.callbacks],
             "rng": _rng_state(),
         }
@@ -289,10 +327,18 @@ class FitLoop:
         state = load_checkpoint(path)
         self._check_compatible(state["compatibility"], path, at_epoch_start=int(state["loop"]["batch"]) == 0)
         model = self.model
-        load_full_state(model.module, model.optimizer, state["module"], state["optimizer"])
+        optimizers, schedules = self._saved_by_name(state, path)
+        if is_sharded(model.module):
+            load_full_state(model.module, model.optimizer, state["module"], optimizers[next(iter(optimizers))])
+        else:
+            model.module.load_state_dict(state["module"])
+            for name, optimizer in model.optimizers.items():
+                optimizer.load_state_dict(optimizers[name])
         model.precision.load_state_dict(state["precision"])
-        if self.schedule is not None and state["schedule"] is not None:
-            self.schedule.load_state_dict(state["schedule"])
+        for name, schedule in self.schedules.items():
+            if schedules.get(name) is not None:
+                schedule.load_state_dict(schedules[name])
+        model.carry = _to_device(state.get("carry", {}), model.device)
         saved = state["callbacks"]
         for callback in self.callbacks:
             match = next((s for s in saved if s["class"] == type(callback).__name__), None)
@@ -304,10 +350,22 @@ class FitLoop:
         model.global_step, self.skipped_steps = int(loop["global_step"]), int(loop["skipped_steps"])
         self.options.data_seed = int(loop["data_seed"])
         self.resumed_losses = list(loop["losses"].unbind()) if loop["losses"].numel() else []
+        self.step_values = {k: list(v.to(model.device).unbind()) for k, v in loop.get("values", {}).items()}
         _set_rng_state(state["rng"])
         logger.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.start_epoch, self.start_batch,
                     model.global_step)
         return True
+
+    def _saved_by_name(self, state: dict[str, Any], path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The optimizer and schedule states of a checkpoint by optimizer name (one unnamed in older checkpoints)."""
+        names = list(self.model.optimizers)
+        if "optimizers" not in state:  # written before kiln named its optimizers: one, with one schedule
+            return {names[0]: state["optimizer"]}, {names[0]: state.get("schedule")}
+        saved = state["optimizers"]
+        if sorted(saved) != sorted(names):
+            raise CheckpointError(f"checkpoint {path.name} holds the optimizers {sorted(saved)}; this Model has "
+                                  f"{sorted(names)}. Resume with the optimizers it was trained with, or start anew.")
+        return saved, state["schedules"]
 
     def _check_compatible(self, saved: dict[str, Any], path: Path, *, at_epoch_start: bool) -> None:
         current = self._compatibility()

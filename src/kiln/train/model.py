@@ -19,11 +19,12 @@ from .callbacks import Callback, History
 from .loop import FitLoop, FitOptions, call, split_batch
 from .losses import Loss, resolve_loss
 from .metrics import MetricSet
-from .optim import resolve_optimizer, sparse_gradients
+from .optim import needs_closure, resolve_optimizers, sparse_gradients
 from .precision import Precision
 from .progress import ProgressBar
-from .schedules import make_schedule
 from .state import Schedule
+from .step_methods import StepMethods
+from .steps import StepControl, build_schedules, check_step_options, evaluate_steps
 from .strategy import convert_sync_batchnorm, fully_shard_module, is_sharded, resolve_strategy, wrap
 
 __all__ = ["Model", "default_device", "seed_everything"]
@@ -68,12 +69,17 @@ def _run_name(module: torch.nn.Module) -> str:
     return type(module).__name__.lower()
 
 
-class Model:
+class Model(StepMethods):
     """A torch.nn.Module with a loss, an optimizer and metrics: ``fit``, ``evaluate``, ``predict``.
 
     ``loss``, ``optimizer`` and ``metrics`` take names or objects: torch losses and optimizers, torchmetrics
     metrics. The module moves to ``device`` ("auto": CUDA, then MPS, then CPU) when the Model is built. During
     ``fit`` the Model is what every callback hook receives, typed as :class:`kiln.train.state.TrainState`.
+
+    ``optimizer`` may also be a dict of several optimizers by name, each training the parameters of a submodule:
+    ``{"generator": ("adam", {"lr": 2e-4, "params": "generator"}), "discriminator": (...)}`` (or return that dict
+    from a ``configure_optimizers()`` method). A subclass that overrides ``train_step`` (and ``eval_step``) writes
+    its own step with ``self.backward(loss)`` and ``self.step(name)``; fit keeps the rest (docs/custom_step.md).
 
     Example:
         >>> model = kiln.Model(net, loss="cross_entropy", optimizer="adamw", lr=1e-3, metrics=["accuracy"])
@@ -105,9 +111,12 @@ class Model:
         self.loss = None if loss is None else resolve_loss(loss)
         if kernels == "on" or (kernels == "auto" and self.device.type == "cuda"):
             self._use_fused_kernels(loss, force=kernels == "on")
+        if type(self).configure_optimizers is not Model.configure_optimizers:
+            optimizer = self.configure_optimizers()
         self._optimizer_spec = (optimizer, lr, optimizer_options or {})
-        self.optimizer = resolve_optimizer(optimizer, self.module.parameters(), lr=lr,
-                                           options=optimizer_options or {}, allow_fused=not sparse_gradients(module))
+        self._optimizers = resolve_optimizers(optimizer, self.module, lr=lr, options=optimizer_options or {},
+                                              allow_fused=not sparse_gradients(module))
+        self.optimizer = next(iter(self._optimizers.values()))  # the first; the only one in most models
         self.metrics = MetricSet(metrics)
         self.history: History | None = None
         self.fit_config: dict[str, Any] = {}
@@ -118,6 +127,10 @@ class Model:
         self.steps_per_epoch = 0
         self.precision = Precision("fp32", self.device)
         self.schedule: Schedule | None = None  # the learning-rate schedule of the current (or last) fit
+        self._schedules: dict[str, Schedule] = {}  # every optimizer's, by the optimizer's name
+        self.carry: dict[str, Any] = {}  # what a train_step keeps between batches: detached after each, reset per epoch
+        self._control: StepControl | None = None  # during fit, what backward() and step() use
+        self._forward: Any = None  # during fit, what the built-in train_step calls forward on
         self.averaged: torch.nn.Module | None = None  # set by EMA/SWA: evaluate, predict and export use it
         self.store = store
         self.run_id: str | None = None  # set by run tracking
@@ -130,13 +143,13 @@ class Model:
 
     @property
     def optimizers(self) -> Mapping[str, torch.optim.Optimizer]:
-        """Every optimizer by name (the :class:`~kiln.train.state.TrainState` view): ``{"default": optimizer}``."""
-        return {"default": self.optimizer}
+        """Every optimizer by name: ``{"default": optimizer}`` for one, else the names of ``optimizer={...}``."""
+        return self._optimizers
 
     @property
     def schedules(self) -> Mapping[str, Schedule]:
         """The learning-rate schedule of each optimizer by the optimizer's name; empty without ``lr_schedule``."""
-        return {} if self.schedule is None else {"default": self.schedule}
+        return self._schedules
 
     def _use_fused_kernels(self, loss: Any, *, force: bool) -> None:
         """Swap norms and the cross-entropy loss for kiln's fused kernels where they are faster (CUDA + Triton)."""
@@ -187,7 +200,8 @@ class Model:
         "fp32", "bf16" or "fp16" (with loss scaling); ``mode="graph"`` trains through ``torch.compile``.
         ``accumulate`` sums gradients over that many batches per optimizer step; ``clip_grad_norm`` clips the
         global gradient norm. ``lr_schedule`` is a kind name, a ``kiln.LRSchedule`` or a torch scheduler.
-        ``on_nonfinite``: "stop" raises NonFiniteLossError naming the epoch and batch; "skip" drops such batches.
+        ``on_nonfinite``: "stop" raises NonFiniteLossError naming the epoch and batch; "skip" drops such batches
+        (built-in step only). With several optimizers, ``lr_schedule`` is one spec for each or a dict by name.
         ``checkpoint`` is a directory for exact-resume checkpoints, written every ``checkpoint_every`` optimizer
         steps (or at each epoch's end with "epoch"), keeping the newest ``keep_checkpoints``. ``resume`` is a
         checkpoint file or "latest" (the newest in ``checkpoint``; none there yet means a fresh start), so the same
@@ -202,9 +216,10 @@ class Model:
             >>> history = model.fit(train, epochs=10, batch_size=64, validation=val, lr_schedule="cosine", seed=0)
             >>> model.fit(train, epochs=10, checkpoint="ckpt", checkpoint_every=100, resume="latest")
         """
-        if self.loss is None:
+        custom = self._custom_train_step()
+        if self.loss is None and not custom:
             raise ConfigError("fit needs a loss: build the Model with loss='cross_entropy' (or another name, "
-                              "a torch loss module or a function).")
+                              "a torch loss module or a function), or override train_step.")
         for name, value in (("epochs", epochs), ("accumulate", accumulate)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}.")
@@ -217,6 +232,10 @@ class Model:
         if checkpoint_every != "epoch" and (not isinstance(checkpoint_every, int) or checkpoint_every < 1):
             raise ConfigError(f"checkpoint_every must be 'epoch' or a positive number of steps, got "
                               f"{checkpoint_every!r}.")
+        stepping = custom or len(self._optimizers) > 1 or needs_closure(self.optimizer)
+        if stepping:
+            check_step_options(self, custom, on_nonfinite=on_nonfinite, mode=mode, strategy=strategy,
+                               accumulate=accumulate, precision=precision)
         if resume is not None and resume != "latest" and checkpoint is None:
             checkpoint = Path(resume).parent
         if seed is not None:
@@ -228,15 +247,22 @@ class Model:
         loader = make_loader(data, batch_size, shuffle=shuffle, seed=data_seed, drop_last=drop_last,
                              num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=rank, world=world)
         self.precision = Precision(precision, self.device)
-        forward = self._prepare_strategy(strategy, sync_batchnorm, mode)
+        forward = self._prepare_strategy(strategy, sync_batchnorm, mode, stepping=stepping)
+        if custom and validation is not None and type(self).eval_step is Model.eval_step and self.loss is None:
+            raise ConfigError("fit(validation=...) with a custom train_step and no loss needs an eval_step returning "
+                              "what to report, e.g. {'mse': F.mse_loss(self.module(x), y)}.")
         val_loader = None if validation is None else self._eval_loader(validation, batch_size)  # after sharding
         self.steps_per_epoch = len(loader)
         optimizer_steps = -(-self.steps_per_epoch // accumulate) * epochs
-        schedule = make_schedule(lr_schedule, self.optimizer, total_steps=optimizer_steps,
-                                 steps_per_epoch=max(self.steps_per_epoch // accumulate, 1))
+        schedules = build_schedules(lr_schedule, self._optimizers, total_steps=optimizer_steps,
+                                    steps_per_epoch=max(self.steps_per_epoch // accumulate, 1))
+        several = len(self._optimizers) > 1
         self.fit_config = {
-            "epochs": epochs, "batch_size": batch_size, "optimizer": type(self.optimizer).__name__,
-            "lr": self.optimizer.param_groups[0]["lr"], "precision": self.precision.name, "mode": mode,
+            "epochs": epochs, "batch_size": batch_size,
+            "optimizer": {k: type(o).__name__ for k, o in self._optimizers.items()} if several
+            else type(self.optimizer).__name__,
+            "lr": {k: o.param_groups[0]["lr"] for k, o in self._optimizers.items()} if several
+            else self.optimizer.param_groups[0]["lr"], "precision": self.precision.name, "mode": mode,
             "clip_grad_norm": clip_grad_norm, "accumulate": accumulate, "seed": seed,
             "lr_schedule": repr(lr_schedule) if lr_schedule is not None else None, "device": str(self.device),
             "strategy": strategy, "world_size": world, "global_batch_size": batch_size * world * accumulate,
@@ -245,7 +271,8 @@ class Model:
         if world > 1 and distributed.is_rank_zero():
             logger.info("training on %d ranks (%s): batch_size %d per rank, global batch %d", world, strategy,
                         batch_size, batch_size * world * accumulate)
-        self.history, self.weights_epoch, self.schedule = History(), None, schedule
+        self.history, self.weights_epoch = History(), None
+        self._schedules, self.schedule = schedules, next(iter(schedules.values()), None)
         self.train_data, self.train_loader, self.example_input = data, loader, _first_input(data)
         show = verbose == "auto" or bool(verbose)
         all_callbacks: list[Callback] = [self.history, *([ProgressBar()] if show else []), *callbacks]
@@ -266,11 +293,21 @@ class Model:
             checkpoint_every=None if checkpoint_every == "epoch" else int(checkpoint_every),
             keep_checkpoints=keep_checkpoints,
         )
-        loop = FitLoop(self, loader, val_loader, forward, schedule, all_callbacks, options)
+        control = None
+        if stepping:
+            control = StepControl(self, optimizers=self._optimizers, schedules=schedules, precision=self.precision,
+                                  accumulate=accumulate, clip_grad_norm=clip_grad_norm, callbacks=all_callbacks,
+                                  sync=strategy == "ddp")
+        loop = FitLoop(self, loader, val_loader, forward, schedules, all_callbacks, options, control)
         self.stop_training, self.fit_status, self.epoch, self.global_step = False, "running", 0, 0
-        if resume is not None:
-            loop.resume(resume)
-        loop.run()
+        self.carry = {}
+        self._control, self._forward = control, forward
+        try:
+            if resume is not None:
+                loop.resume(resume)
+            loop.run()
+        finally:
+            self._control = None
         return self.history
 
     def _to_device(self, value: Any) -> Any:
@@ -292,18 +329,26 @@ class Model:
             torch.distributed.broadcast(seed, src=0)
         return int(seed.item())
 
-    def _prepare_strategy(self, strategy: str, sync_batchnorm: bool, mode: str) -> Any:
+    def _prepare_strategy(self, strategy: str, sync_batchnorm: bool, mode: str, *, stepping: bool = False) -> Any:
         """Wrap or shard the module for ``strategy``; returns what the loop calls forward on."""
         if sync_batchnorm and strategy != "none":
             convert_sync_batchnorm(self.module, self.device)
+        if stepping and strategy == "ddp":
+            # The step path averages gradients itself before each optimizer step (kiln.train.steps), so that a
+            # train_step may call any submodule; like DDP, every rank starts from rank 0's weights.
+            for tensor in [*self.module.parameters(), *self.module.buffers()]:
+                torch.distributed.broadcast(tensor.data, src=0)
+            return self._graph_module() if mode == "graph" else self.module
         if strategy == "fsdp" and not is_sharded(self.module):
             spec, lr, options = self._optimizer_spec
-            if isinstance(spec, torch.optim.Optimizer):
+            entries = spec.values() if isinstance(spec, Mapping) else [spec]
+            if any(isinstance(entry, torch.optim.Optimizer) for entry in entries):
                 raise ConfigError("strategy='fsdp' rebuilds the optimizer on the sharded parameters: pass the "
                                   "optimizer by name or class (with lr= and optimizer_options=), not as an object.")
             fully_shard_module(self.module, param_dtype=self.precision.dtype)
-            self.optimizer = resolve_optimizer(spec, self.module.parameters(), lr=lr, options=options,
-                                               allow_fused=not sparse_gradients(self.module))
+            self._optimizers = resolve_optimizers(spec, self.module, lr=lr, options=options,
+                                                  allow_fused=not sparse_gradients(self.module))
+            self.optimizer = next(iter(self._optimizers.values()))
             self.precision = Precision(self.precision.name, self.device, autocast=False)
         if strategy == "ddp":
             wrapped = wrap(self.module, strategy, self.device)
@@ -337,6 +382,8 @@ class Model:
 
     @torch.inference_mode()
     def _evaluate(self, loader: Loader) -> dict[str, float]:
+        if type(self).eval_step is not Model.eval_step:
+            return evaluate_steps(self, loader, shard=self._shards_evaluation())
         module = self.inference_module
         module.eval()
         total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
@@ -432,12 +479,15 @@ class Model:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"module": self.module.state_dict(),
+                "optimizers": {name: optimizer.state_dict() for name, optimizer in self._optimizers.items()},
                 "precision": self.precision.state_dict(), "epoch": self.epoch, "global_step": self.global_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizers"] if "optimizers" in state else {next(iter(self._optimizers)): state["optimizer"]}
+        for name, optimizer in self._optimizers.items():
+            optimizer.load_state_dict(saved[name])
         self.precision.load_state_dict(state["precision"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
 

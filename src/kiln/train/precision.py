@@ -54,13 +54,23 @@ class Precision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Optimizer step; with loss scaling, skipped when gradients overflowed."""
+    def step(self, optimizer: torch.optim.Optimizer, *, update: bool = True) -> None:
+        """Optimizer step; with loss scaling, skipped when gradients overflowed.
+
+        ``update=False`` leaves the scale as it is: a step with several optimizers steps each of them, then calls
+        :meth:`update` once, so that one overflow halves the scale once.
+        """
         if self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
+            if update:
+                self.scaler.update()
         else:
             optimizer.step()
+
+    def update(self) -> None:
+        """Adjust the loss scale after the optimizer steps of one batch (see :meth:`step`)."""
+        if self.scaler is not None:
+            self.scaler.update()
 
     def state_dict(self) -> dict[str, Any]:
         return {"name": self.name, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
