@@ -18,7 +18,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 # Subsystems that bring their own verbs: each module has ``add_commands(sub)``, registering parsers whose handlers
 # import the subsystem lazily (the module itself imports only argparse, so `kiln --help` stays instant).
-_VERB_MODULES: tuple[str, ...] = ("kiln.jobs.commands", "kiln.ui.commands")
+_VERB_MODULES: tuple[str, ...] = ("kiln.jobs.commands", "kiln.ui.commands", "kiln.tune.commands")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -120,7 +120,7 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     ).add_subparsers(metavar="ACTION")
     listing = runs.add_parser("list", help="runs, newest first")
     listing.add_argument("--name", help="only runs with this name")
-    listing.add_argument("--status", choices=["running", "finished", "failed", "killed", "stale"])
+    listing.add_argument("--status", choices=["running", "finished", "failed", "killed", "pruned", "stale"])
     listing.add_argument("--limit", type=int, default=20)
     show = runs.add_parser("show", help="params, system info, latest metrics and artifacts of one run")
     show.add_argument("run_id", help="a run id or a unique prefix of one")

@@ -44,6 +44,13 @@ def _param(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def _evaluator() -> str:
+    """The importance evaluator :meth:`kiln.tune.Study.importances` uses here: fANOVA needs scikit-learn."""
+    import importlib.util
+
+    return "fANOVA" if importlib.util.find_spec("sklearn") is not None else "PED-ANOVA"
+
+
 def studies_table(studies: Sequence[StudySummary]) -> Any:
     from rich.table import Table
 
@@ -103,7 +110,7 @@ def study_tables(study: Study) -> list[Any]:
     out = [head, trials_table(study, trials, best=best)]
     importances = study.importances()
     if importances:
-        table = Table(title="parameter importances (fANOVA)", title_justify="left")
+        table = Table(title=f"parameter importances ({_evaluator()})", title_justify="left")
         table.add_column("parameter")
         table.add_column("importance", justify="right")
         table.add_column("")
@@ -156,7 +163,7 @@ def plot_study(study: Study, directory: Path) -> list[Path]:
         figure = Figure(figsize=(6.0, 0.5 + 0.45 * len(names)), dpi=100)
         axes = figure.subplots()
         axes.barh(names, [importances[n] for n in names], color="C0")
-        axes.set_xlabel("importance (fANOVA, share of the variance of the metric)")
+        axes.set_xlabel(f"importance ({_evaluator()}: share of the variation of the metric)")
         axes.set_xlim(0, 1)
         axes.set_title(f"parameter importances: {study.name}")
         figure.tight_layout()

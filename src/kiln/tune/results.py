@@ -175,6 +175,8 @@ class Study:
         model.run_id, model.data_fingerprint = run.id, run.params.get("data_fingerprint")
         metrics = {k: v for k, v in run.latest.items() if k not in ("batch_loss", "epoch", "lr")}
         text = description or f"best trial ({best.number}) of study {self.name}: {self.metric} {best.value:.6g}"
+        known = getattr(objective, "register_options", None)  # a job config's objective knows its factory
+        options = {**(known(dict(best.params)) if known is not None else {}), **options}
         return model.register(name, store=self.store, example_input=example_input(setup.train), metrics=metrics,
                               description=text, tags={"study": self.name, "trial": str(best.number)},
                               **options)  # fmt: skip
