@@ -332,7 +332,8 @@ def _serve(args: argparse.Namespace) -> int:
         body_timeout_s=args.client_timeout, max_connections=args.max_connections,
         max_connections_per_client=args.max_connections_per_client, drain_timeout_s=args.drain_timeout,
         token=_token(args),
-        access_log=not args.no_access_log, trust=tuple(args.trust),
+        access_log=not args.no_access_log, trust=tuple(args.trust), follow=args.follow,
+        poll_interval_s=args.poll_interval,
     )  # fmt: skip
     return serve(args.reference, store=args.store, config=config)
 
@@ -369,6 +370,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on SIGTERM, how long requests in flight may take to finish before workers are "
                         "killed and the exit status is 1 (default 30)")  # fmt: skip
+    parser.add_argument("--follow", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep serving what the alias names: poll the store, load a promoted (or rolled back) "
+                        "version in the background and switch to it without failing a request (default: follow "
+                        "NAME@ALIAS; --follow also follows NAME, the newest version; --no-follow pins the version "
+                        "named at start)")  # fmt: skip
+    parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                        help="how often a following server reads the alias from the store (default 5)")  # fmt: skip
     parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
     _trust_option(parser, "(with the torch runtime; also KILN_TRUST=a,b)")
     _token_options(parser)

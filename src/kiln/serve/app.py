@@ -13,21 +13,23 @@ Routes (every one behind the token when the server has one):
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__
 from .access import AccessLog
 from .batcher import Batcher, InferenceFailed, QueueFull, RequestTimeout
 from .config import ServeConfig
+from .follow import Follower, follow_reference
 from .http import Disconnected, Headers, Receive, Response, Send, error_response, json_response, read_body
 from .metrics import Metrics
 from .openapi import docs_page, openapi
 from .protocol import decode_v1, decode_v2, encode_v1, encode_v2, encode_v2_binary, parse_json, split_binary
+from .routes import authorized, resolve
 from .runtime import LoadedRuntime, load_runtime
 from .tensors import RequestError, TensorSpec
 
@@ -40,36 +42,60 @@ _RETRY = ((b"retry-after", b"1"),)
 _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _OCTETS = b"application/octet-stream"
 _MAX_LOGGED_PATH = 200
+_VERSION_HEADER = b"kiln-model-version"
+
+
+@dataclass(frozen=True)
+class _Serving:
+    """A runtime and the batcher that feeds it: what requests go to until a switch replaces it."""
+
+    runtime: LoadedRuntime
+    batcher: Batcher
+    headers: tuple[tuple[bytes, bytes], ...]  # Kiln-Model-Version, on every prediction it answers
 
 
 class KilnApp:
     """Serve one model: load and warm it up in the background, then answer through a dynamic batcher.
 
     ``/livez`` answers at once; ``/readyz`` and the prediction routes answer 503 until the model is loaded,
-    hash-verified and warmed up. ``loader`` returns the runtime (tests pass their own).
+    hash-verified and warmed up. ``loader`` returns the runtime (tests pass their own); a ``follower`` then keeps
+    the app on the version its alias names (:mod:`kiln.serve.follow`), through :meth:`switch`.
 
     Example:
         >>> app = create_app("digits@production", store=".kiln")
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)
     """
 
-    def __init__(self, config: ServeConfig, loader: Callable[[], LoadedRuntime]) -> None:
+    def __init__(
+        self, config: ServeConfig, loader: Callable[[], LoadedRuntime], *, follower: Follower | None = None
+    ) -> None:
         self.config = config
         self.loader = loader
+        self.follower = follower
         self.metrics = Metrics()
-        self.runtime: LoadedRuntime | None = None
-        self.batcher: Batcher | None = None
         self.failure: str | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
+        self._serving: _Serving | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
         self._preloaded: LoadedRuntime | None = None
         self._token = config.token.encode() if config.token else None
         self._access = False
         self.access = AccessLog(access_logger)
 
     @property
+    def runtime(self) -> LoadedRuntime | None:
+        """The runtime that answers new requests now (None until the first one is loaded and warm)."""
+        return self._serving.runtime if self._serving is not None else None
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self._serving.batcher if self._serving is not None else None
+
+    @property
     def ready(self) -> bool:
-        return self.batcher is not None and self.runtime is not None
+        return self._serving is not None
 
     # ---------------------------------------------------------------- lifecycle
     async def startup(self, *, wait: bool = False) -> None:
@@ -83,20 +109,27 @@ class KilnApp:
                 raise RuntimeError(self.failure)
 
     async def shutdown(self) -> None:
-        """Answer every queued request, then stop the inference thread."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        if self.batcher is not None:
-            await self.batcher.close()
+        """Stop following, answer every queued request, then stop the inference threads."""
+        for task in (self._task, self._following):
+            if task is not None and not task.done():
+                task.cancel()
+        if self._serving is not None:
+            await self._serving.batcher.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring)
         self.access.flush()
 
-    def _load_and_warm(self) -> LoadedRuntime:
+    def load_and_warm(self, loader: Callable[[], LoadedRuntime], *, check: bool = False) -> LoadedRuntime:
+        """``loader()``, then the warm-up at every batch size the batcher forms (with ``warmup=False``, only when
+        ``check``: one batch of one, which checks the outputs against the signature). Raises if either fails."""
         threads = self.config.intra_op_threads
-        runtime = self.loader()
+        runtime = loader()
         started = time.perf_counter()
         if self.config.warmup:
             sizes = sorted({1, 2, max(1, self.config.max_batch_size // 2), self.config.max_batch_size})
             runtime.warm_up(sizes * 2)
+        elif check:
+            runtime.warm_up([1])
         logger.info(
             "loaded %s (%s runtime, %d intra-op thread%s) in %.2f s, warmed up in %.2f s",
             runtime.reference, runtime.kind, threads, "" if threads == 1 else "s", runtime.load_seconds,
@@ -106,19 +139,27 @@ class KilnApp:
 
     def preload(self) -> None:
         """Load and warm up now, in this thread (a worker process does this before it accepts connections)."""
-        self._preloaded = self._load_and_warm()
+        self._preloaded = self.load_and_warm(self.loader)
 
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
             preloaded = self._preloaded
-            runtime = preloaded if preloaded is not None else await loop.run_in_executor(None, self._load_and_warm)
+            runtime = preloaded if preloaded is not None else await loop.run_in_executor(None, self.load_and_warm,
+                                                                                          self.loader)  # fmt: skip
         except Exception as error:
             self.failure = f"{type(error).__name__}: {error}"
             logger.error("could not load the model: %s", self.failure)
             if self.on_failure is not None:
                 self.on_failure(error)
             return
+        self._serving = self._start(runtime)
+        logger.info("ready: %s on pid %d", runtime.reference, os.getpid())
+        if self.follower is not None:
+            self._following = asyncio.create_task(self.follower.run(self))
+            self._following.add_done_callback(_report_stop)
+
+    def _start(self, runtime: LoadedRuntime) -> _Serving:
         batcher = Batcher(
             runtime.run,
             max_batch_size=self.config.max_batch_size,
@@ -129,8 +170,23 @@ class KilnApp:
             on_thread_start=runtime.run.setup_thread,
         )
         batcher.start()
-        self.runtime, self.batcher = runtime, batcher
-        logger.info("ready: %s on pid %d", runtime.reference, os.getpid())
+        return _Serving(runtime, batcher, ((_VERSION_HEADER, runtime.version.encode()),))
+
+    def switch(self, runtime: LoadedRuntime, *, reason: str = "switch") -> None:
+        """Serve ``runtime`` (loaded and warm) from now on; call on the event loop, once the app is ready.
+
+        One assignment moves every new request to the new runtime. A request picks the runtime it uses and joins
+        that runtime's queue in one step, with no ``await`` between, so no request straddles the switch: what was
+        queued before it is answered by the old runtime, whose batcher is then closed and the runtime released.
+        """
+        old = self._serving
+        assert old is not None, "switch() before the first version serves"
+        self._serving = self._start(runtime)
+        self.metrics.switch("ok")
+        logger.info("%s: switched from %s to %s", reason, old.runtime.reference, runtime.reference)
+        retiring = asyncio.create_task(old.batcher.close())
+        self._retiring.add(retiring)
+        retiring.add_done_callback(self._retiring.discard)
 
     # ---------------------------------------------------------------- ASGI
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -156,10 +212,10 @@ class KilnApp:
         headers = Headers(scope["headers"])
         route = "other"
         try:
-            if self._token is not None and not _authorized(headers.authorization, self._token):
+            if self._token is not None and not authorized(headers.authorization, self._token):
                 self.metrics.error("unauthorized")
                 raise RequestError(401, "missing or wrong bearer token.", headers=((b"www-authenticate", b"Bearer"),))
-            route, name = _resolve(scope["path"], scope["method"])
+            route, name = resolve(scope["path"], scope["method"])
             if route == "v1_predict" or route == "v2_infer":
                 response = await self._predict(name, receive, headers, v2=route == "v2_infer")
             else:
@@ -194,9 +250,14 @@ class KilnApp:
     # ---------------------------------------------------------------- prediction
     def _runtime(self, name: str) -> LoadedRuntime:
         """The loaded runtime, if ``name`` (``"name"`` or ``"name@version"``) is what this server serves."""
-        runtime = self.runtime
-        if runtime is None:
+        return self._serving_for(name).runtime
+
+    def _serving_for(self, name: str) -> _Serving:
+        """What serves ``name`` now; 503 while loading, 404 for another name or version."""
+        serving = self._serving
+        if serving is None:
             raise RequestError(503, "the model is still loading; retry shortly.", headers=_RETRY)
+        runtime = serving.runtime
         name, _, version = name.partition("@")
         if name != runtime.name:
             raise RequestError(404, f"model {name[:64]!r} is not served here; this server serves {runtime.name!r}.")
@@ -204,14 +265,16 @@ class KilnApp:
             raise RequestError(
                 404, f"version {version[:16]!r} is not served here; this server serves version {runtime.version}."
             )
-        return runtime
+        return serving
 
     async def _predict(self, name: str, receive: Receive, headers: Headers, *, v2: bool) -> Response:
-        runtime = self._runtime(name)
-        batcher = self.batcher
-        assert batcher is not None
+        self._serving_for(name)  # refuse before reading the body
         config = self.config
         body = await read_body(receive, headers, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
+        # From here to submit() nothing awaits: the request is decoded for, and queued on, the same runtime even
+        # when a switch happens while it waits for its answer.
+        serving = self._serving_for(name)
+        runtime = serving.runtime
         if not v2:
             decoded = decode_v1(parse_json(body), runtime.inputs)
         elif headers.inference_header_length is None:
@@ -220,7 +283,7 @@ class KilnApp:
             header, binary = split_binary(body, headers.inference_header_length)
             decoded = decode_v2(parse_json(header), runtime.inputs, runtime.outputs, binary=binary)
         try:
-            outputs = await batcher.submit(decoded.arrays)
+            outputs = await serving.batcher.submit(decoded.arrays)
         except QueueFull:
             raise RequestError(
                 503, "the server is at capacity (request queue full); retry shortly.", headers=_RETRY
@@ -234,12 +297,14 @@ class KilnApp:
             body, length = encode_v2_binary(
                 outputs, runtime.outputs, model=runtime.name, version=runtime.version, decoded=decoded
             )
-            return Response(200, body, _OCTETS, ((b"inference-header-content-length", b"%d" % length),))
+            return Response(
+                200, body, _OCTETS, ((b"inference-header-content-length", b"%d" % length), *serving.headers)
+            )
         if v2:
             body = encode_v2(outputs, runtime.outputs, model=runtime.name, version=runtime.version, decoded=decoded)
         else:
             body = encode_v1(outputs, runtime.outputs, decoded.single)
-        return Response(200, body)
+        return Response(200, body, headers=serving.headers)
 
     # ---------------------------------------------------------------- metadata, health, docs
     def _v1_metadata(self, name: str) -> Response:
@@ -312,20 +377,12 @@ class KilnApp:
 _EXTENSIONS = ["binary_tensor_data", "model_configuration"]
 
 
-def _authorized(value: bytes | None, token: bytes) -> bool:
-    """``Authorization: Bearer <token>``, the scheme in any case (RFC 9110: auth schemes are case-insensitive);
-    the token is compared in constant time."""
-    if value is None:
-        return False
-    scheme, _, credentials = value.partition(b" ")
-    return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), token)
+def _report_stop(task: asyncio.Task[None]) -> None:
+    """A follower runs until cancelled: anything else is a bug, logged (the server goes on with its version)."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("stopped following the alias", exc_info=task.exception())
 
 
-# GET routes with a fixed path -> route label (the metrics label and the handler's key)
-_FIXED = {
-    "/livez": "live", "/v2/health/live": "live", "/readyz": "ready", "/v2/health/ready": "ready",
-    "/v2": "v2_server", "/metrics": "metrics", "/openapi.json": "openapi", "/docs": "docs",
-}  # fmt: skip
 _GET_HANDLERS: dict[str, Callable[[KilnApp, str], Response]] = {
     "live": KilnApp._live, "ready": KilnApp._ready_check, "v2_server": KilnApp._server_metadata,
     "metrics": KilnApp._render_metrics, "openapi": KilnApp._openapi, "docs": KilnApp._docs,
@@ -334,36 +391,15 @@ _GET_HANDLERS: dict[str, Callable[[KilnApp, str], Response]] = {
 }  # fmt: skip
 
 
-_V2_MODEL_ROUTES = {"": "v2_metadata", "ready": "v2_ready", "config": "v2_config"}
-
-
-def _resolve(path: str, method: str) -> tuple[str, str]:
-    """``(route label, model name)`` for a path; 404 for unknown paths, 405 for a wrong method."""
-    route, name, allowed = _FIXED.get(path), "", "GET"
-    if route is None and path.startswith("/v1/models/"):
-        name = path[11:]
-        if name.endswith(":predict"):
-            route, name, allowed = "v1_predict", name[:-8], "POST"
-        else:
-            route = "v1_metadata"
-    elif route is None and path.startswith("/v2/models/"):
-        name, _, tail = path[11:].partition("/")
-        if tail.startswith("versions/"):
-            version, _, tail = tail[9:].partition("/")
-            name = f"{name}@{version}"  # checked against the served version by KilnApp._runtime
-        if tail == "infer":
-            route, allowed = "v2_infer", "POST"
-        elif tail in _V2_MODEL_ROUTES:
-            route = _V2_MODEL_ROUTES[tail]
-    if route is None:
-        raise RequestError(404, "no such route; see /docs.")
-    if method != allowed and not (allowed == "GET" and method == "HEAD"):
-        raise RequestError(405, f"use {allowed} here.", headers=((b"allow", allowed.encode()),))
-    return route, name
-
-
-def create_app(reference: str | os.PathLike[str], *, store: Any = None, config: ServeConfig | None = None) -> KilnApp:
+def create_app(
+    reference: str | os.PathLike[str], *, store: Any = None, config: ServeConfig | None = None,
+    pinned: str | None = None,
+) -> KilnApp:  # fmt: skip
     """An ASGI app serving ``reference`` (``"digits@production"`` from ``store``, or a package directory Path).
+
+    An alias is followed unless ``config.follow`` is False (:func:`kiln.serve.follow.follow_reference`);
+    ``pinned`` (``"digits@3"``, what the alias named a moment ago) is the version to load first: :func:`serve`
+    resolves it once, so every worker starts with the same version.
 
     Example:
         >>> app = create_app("digits@production", store=".kiln", config=ServeConfig(max_batch_size=32))
@@ -371,7 +407,10 @@ def create_app(reference: str | os.PathLike[str], *, store: Any = None, config: 
     """
     chosen = config or ServeConfig()
     threads = chosen.intra_op_threads
+    first = reference if pinned is None else pinned
+    followed = follow_reference(reference, chosen.follow)
     return KilnApp(
         chosen,
-        lambda: load_runtime(reference, store=store, runtime=chosen.runtime, threads=threads, trust=chosen.trust),
+        lambda: load_runtime(first, store=store, runtime=chosen.runtime, threads=threads, trust=chosen.trust),
+        follower=Follower(followed, store=store, config=chosen) if followed is not None else None,
     )

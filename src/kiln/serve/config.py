@@ -46,6 +46,8 @@ class ServeConfig:
     ``timeout_s`` gets 504. ``header_timeout_s`` and ``body_timeout_s`` cut off slow clients. ``max_connections``
     open connections in all, and ``max_connections_per_client`` from one client address (None: a quarter of
     ``max_connections``), are served; a connection past either is answered 503 with Retry-After and closed.
+    ``follow`` (None: follow ``name@alias`` references, pin the rest) polls the store every ``poll_interval_s``
+    and switches to the version the reference names now (see :mod:`kiln.serve.follow`).
 
     Example:
         >>> ServeConfig(port=8080, max_batch_size=32, token="s3cret", host="0.0.0.0")
@@ -71,6 +73,8 @@ class ServeConfig:
     access_log: bool = True
     warmup: bool = True
     trust: tuple[str, ...] = ()  # modules whose factories the torch runtime may import (kiln.export.trust)
+    follow: bool | None = None
+    poll_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         from ..export.trust import check_trust  # torch-free
@@ -95,8 +99,10 @@ class ServeConfig:
                 f"None (a quarter of max_connections); got {per_client!r}."
             )
         _positive("max_delay_ms", self.max_delay_ms, allow_zero=True)
-        for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s"):
+        for name in ("timeout_s", "header_timeout_s", "body_timeout_s", "drain_timeout_s", "poll_interval_s"):
             _positive(name, getattr(self, name))
+        if self.follow is not None and not isinstance(self.follow, bool):
+            raise ConfigError(f"follow must be True, False or None (follow alias references); got {self.follow!r}.")
         if self.token is not None:
             if not isinstance(self.token, str) or len(self.token) < 16:
                 raise ConfigError("token must be a string of at least 16 characters (e.g. `openssl rand -hex 24`).")

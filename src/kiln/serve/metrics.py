@@ -65,6 +65,8 @@ class Metrics:
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.inference = Histogram(LATENCY_BUCKETS)
         self.errors: dict[str, int] = {}
+        self.switches = {"ok": 0, "failed": 0}
+        self.polls = 0
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -76,6 +78,10 @@ class Metrics:
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
+
+    def switch(self, result: str) -> None:
+        """A followed alias moved: the new version serves (``ok``) or failed to load (``failed``)."""
+        self.switches[result] += 1
 
     def batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -107,6 +113,12 @@ class Metrics:
             "# HELP kiln_ready 1 once the model is loaded and warmed up.",
             "# TYPE kiln_ready gauge",
             f"kiln_ready {int(ready)}",
+            "# HELP kiln_model_switches_total Moves of a followed alias: the new version serving, or failing to load.",
+            "# TYPE kiln_model_switches_total counter",
+            *(f'kiln_model_switches_total{{result="{k}"}} {n}' for k, n in sorted(self.switches.items())),
+            "# HELP kiln_alias_polls_total Reads of a followed alias from the store (0: the server does not follow).",
+            "# TYPE kiln_alias_polls_total counter",
+            f"kiln_alias_polls_total {self.polls}",
         ]
         if info:
             lines += [

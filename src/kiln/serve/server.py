@@ -1,4 +1,4 @@
-"""The ``serve`` entry point: pin the version, set up logging, then one serving process or ``--workers N``.
+"""The ``serve`` entry point: pin the first version, set up logging, then one serving process or ``--workers N``.
 
 Imports point one way: this module chooses between :mod:`.process` (one process) and :mod:`.workers` (N processes,
 each running :mod:`.process`); neither imports it back. ``.workers`` is imported only for ``--workers N``: it is
@@ -14,14 +14,16 @@ from typing import Any
 from ..errors import ConfigError
 from .app import create_app
 from .config import ServeConfig
+from .follow import follow_reference
 from .process import configure_logging, run_server
 
 __all__ = ["pin_reference", "serve"]
 
 
 def pin_reference(reference: str | os.PathLike[str], store: Any) -> tuple[str | Path, str | None]:
-    """Resolve an alias to the exact ``name@version`` now, so that every worker serves the same version; fails
-    fast (before binding a port) on an unknown model or a missing store."""
+    """Resolve an alias to the exact ``name@version`` now, so that every worker starts with the same version (a
+    followed alias then moves each worker on its own); fails fast (before binding a port) on an unknown model or a
+    missing store."""
     if isinstance(reference, os.PathLike):
         return Path(reference), None
     from ..store import Store
@@ -45,10 +47,11 @@ def serve(
         raise ConfigError(f"pass either config= or options, not both; got config and {sorted(options)}.")
     chosen = config or ServeConfig(**options)
     configure_logging(access_log=chosen.access_log)
+    follow_reference(reference, chosen.follow)  # --follow on a pinned version fails here, before anything starts
     pinned, store_path = pin_reference(reference, store)
     if chosen.workers > 1:
         from .workers import run_workers
 
-        return run_workers(pinned, store_path, chosen)
-    app = create_app(pinned, store=store_path, config=chosen)
+        return run_workers(reference, pinned, store_path, chosen)
+    app = create_app(reference, store=store_path, config=chosen, pinned=pinned if isinstance(pinned, str) else None)
     return run_server(app, chosen)

@@ -131,11 +131,16 @@ class _Workers:
             time.sleep(0.1)
 
 
-def run_workers(reference: str | Path, store: str | None, config: ServeConfig) -> int:
-    """Run ``config.workers`` worker processes on one socket until a signal drains them; returns the exit status."""
+def run_workers(reference: str | os.PathLike[str], pinned: str | Path, store: str | None, config: ServeConfig) -> int:
+    """Run ``config.workers`` worker processes on one socket until a signal drains them; returns the exit status.
+
+    Every worker loads ``pinned`` first (the version ``reference`` named at start) and, when it follows
+    ``reference``, follows it on its own: after a promotion the workers switch within a poll interval of each other.
+    """
     sock = _bind(config.host, config.port)
     settings = json.dumps({
-        "reference": str(reference), "is_path": isinstance(reference, Path), "store": store,
+        "reference": os.fspath(reference), "is_path": isinstance(reference, os.PathLike),
+        "pinned": pinned if isinstance(pinned, str) else None, "store": store,
         "config": {**dataclasses.asdict(config), "workers": 1, "threads": config.intra_op_threads},
     }).encode()  # fmt: skip
     workers = _Workers(config)
@@ -195,7 +200,7 @@ def _worker_main(fd: int, ready_fd: int) -> int:
     config = ServeConfig(**settings["config"])
     configure_logging(access_log=config.access_log)
     reference = Path(settings["reference"]) if settings["is_path"] else settings["reference"]
-    app = create_app(reference, store=settings["store"], config=config)
+    app = create_app(reference, store=settings["store"], config=config, pinned=settings["pinned"])
     app.preload()
     os.write(ready_fd, b"1")
     os.close(ready_fd)
