@@ -39,6 +39,7 @@ QUESTIONS = (
     "serve_load",
     "distributed_scaling",
     "kernels",
+    "ui_bench",
 )
 NOTES = HERE / "NOTES.md"
 RESULTS_MD = HERE / "RESULTS.md"

@@ -5,3 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh all
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 .venv/bin/python examples/digits.py "$@"
+echo
+echo "see your run: kiln ui   (.venv/bin/kiln ui, then open http://127.0.0.1:8765/)"
