@@ -1,0 +1,154 @@
+"""Text: an embedding-bag topic classifier on a generated JSON-lines corpus, with its vocabulary in the package.
+
+1. writes a corpus of templated sentences about four topics (sports, weather, cooking, technology) as JSON lines,
+   ``{"text": "...", "label": "sports"}``: two topic words in varied templates, a third word from another topic in a
+   third of the sentences, and words shared by two topics ("cloud", "pitch", "chips");
+2. reads it with ``kiln.data.read_jsonl``, which builds a ``Vocabulary`` (word tokenizer) on the training file and
+   encodes the test file with it;
+3. trains an ``nn.EmbeddingBag`` (the mean of the words' embeddings) and a linear layer, records the run;
+4. registers the model with the vocabulary in the package's ``preprocessing`` (``Vocabulary.state_dict()``: the
+   tokenizer and the tokens in id order, plain JSON) and promotes it to ``topics@production``;
+5. serves it and classifies new sentences: the client fetches the vocabulary from the server's metadata, turns
+   text into token ids with it, sends the ids and maps the answer back to topic names. (``kiln serve`` takes
+   tensors; it does not tokenise text itself.)
+
+Run it with:
+
+    python examples/text_classifier.py --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from serving import served, show_commands
+from torch import nn
+
+import kiln
+import kiln.store
+from kiln.data import Vocabulary, read_jsonl
+
+NAME = "topics"
+MAX_LENGTH = 24
+TOPICS = {
+    "sports": ["match", "goal", "team", "coach", "league", "player", "referee", "season", "stadium", "striker",
+               "tournament", "pitch", "fans", "trophy"],
+    "weather": ["rain", "storm", "forecast", "sunshine", "wind", "cloud", "snow", "temperature", "thunder", "fog",
+                "drizzle", "frost", "heatwave", "umbrella"],
+    "cooking": ["recipe", "oven", "flour", "garlic", "sauce", "onion", "pan", "butter", "spices", "dough", "chips",
+                "soup", "kitchen", "pitch"],  # pitch: also sports
+    "technology": ["software", "laptop", "server", "update", "battery", "network", "app", "code", "screen",
+                   "browser", "cloud", "chips", "keyboard", "password"],  # cloud: also weather; chips: also cooking
+}  # fmt: skip
+TEMPLATES = [
+    "i read that the {a} was {adjective} and the {b} {verb} {time}",
+    "{time} the {a} {verb} and everyone talked about the {b}",
+    "my friend says the {a} is {adjective} but the {b} {verb}",
+    "nobody expected the {a} to be so {adjective} {time}",
+    "we spent the afternoon on the {a} and the {b} {verb}",
+    "the news {time} was all about the {a} and the {b}",
+    "is the {a} really {adjective} or did the {b} just {verb}",
+    "after the {a} {verb} the {b} seemed {adjective}",
+]
+FILLERS = {
+    "adjective": ["great", "terrible", "strange", "late", "perfect", "unusual", "fine", "awful"],
+    "verb": ["changed", "failed", "improved", "surprised us", "went wrong", "was better", "stopped", "returned"],
+    "time": ["yesterday", "this morning", "last night", "on monday", "again", "at last", "today", "all week"],
+}
+
+
+def sentence(topic: str, rng: random.Random) -> str:
+    a, b = rng.sample(TOPICS[topic], 2)
+    fills = {slot: rng.choice(words) for slot, words in FILLERS.items()}
+    text = rng.choice(TEMPLATES).format(a=a, b=b, **fills)
+    if rng.random() < 1 / 3:  # a word from another topic: two words of the topic against one
+        other = rng.choice([t for t in TOPICS if t != topic])
+        text += rng.choice([" and the {c} too", " even with the {c}", " like the {c}"]).format(
+            c=rng.choice(TOPICS[other])
+        )
+    return text
+
+
+def write_corpus(path: Path, count: int, seed: int) -> None:
+    """``count`` JSON lines with a text and its topic."""
+    rng = random.Random(seed)
+    with path.open("w") as file:
+        for _ in range(count):
+            topic = rng.choice(sorted(TOPICS))
+            file.write(json.dumps({"text": sentence(topic, rng), "label": topic}) + "\n")
+
+
+def classifier(vocabulary_size: int, classes: int, dim: int = 32) -> nn.Module:
+    return nn.Sequential(
+        nn.EmbeddingBag(vocabulary_size, dim, mode="mean", padding_idx=0),  # (B, L) token ids -> (B, D), pads skipped
+        nn.Linear(dim, classes),  # (B, 4)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--train-size", type=int, default=4000, help="sentences in the training file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-serve", action="store_true", help="register only; do not start a server")
+    args = parser.parse_args()
+
+    write_corpus(Path("topics_train.jsonl"), args.train_size, seed=args.seed)
+    write_corpus(Path("topics_test.jsonl"), 1000, seed=args.seed + 1)  # other sentences from the same templates
+    train = read_jsonl("topics_train.jsonl", max_length=MAX_LENGTH)  # builds the vocabulary on the training text
+    test = read_jsonl("topics_test.jsonl", vocabulary=train.vocabulary, classes=train.classes, max_length=MAX_LENGTH)
+    vocabulary = train.vocabulary
+    print(f"{len(train)} training sentences, {vocabulary}, classes {train.classes}")
+    train, val = train.split(0.9, seed=args.seed)
+
+    torch.manual_seed(args.seed)
+    model = kiln.Model(classifier(len(vocabulary), len(train.classes)), loss="cross_entropy", optimizer="adamw",
+                       lr=1e-2, metrics=["accuracy"], store=kiln.store.Store())  # fmt: skip
+    model.fit(train, epochs=args.epochs, batch_size=64, validation=val, seed=args.seed, run="topics-embedding-bag",
+              lr_schedule="cosine", verbose=0)  # fmt: skip
+    result = model.evaluate(test)
+    print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
+
+    preprocessing = {
+        "vocabulary": vocabulary.state_dict(),  # {"tokenizer": "word", "tokens": [...]}: token id = list index
+        "max_length": MAX_LENGTH,  # ids are cut to this length and padded with 0 (<pad>) at the end
+        "classes": train.classes,
+    }
+    version = model.register(
+        NAME,
+        preprocessing=preprocessing,
+        example_input=test.x[:1],
+        description="embedding bag on a generated topic corpus; vocabulary in preprocessing",
+    )
+    kiln.store.Store().promote(NAME, version.version, "production")
+    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+
+    texts = ["the striker scored a late goal and the fans went wild", "expect heavy rain and strong wind tonight",
+             "melt the butter in a pan then add the garlic", "the laptop needs a software update"]  # fmt: skip
+    show_commands(f"{NAME}@production", {"inputs": vocabulary.encode_batch(texts[:1], max_length=MAX_LENGTH).numpy()},
+                  Path("topics.json"), note=f"the request holds the token ids of {texts[0]!r}")  # fmt: skip
+    if args.no_serve:
+        return
+    with served(f"{NAME}@production") as client:
+        meta = client.metadata(NAME)["preprocessing"]  # what the client needs to talk to this version
+        client_vocabulary = Vocabulary().load_state_dict(meta["vocabulary"])
+        ids = client_vocabulary.encode_batch(texts, max_length=meta["max_length"])  # (4, L) int64
+        labels = [meta["classes"][i] for i in client.predict(NAME, ids.numpy()).argmax(-1)]
+        served_test = client.predict(NAME, test.x.numpy()).argmax(-1)
+    for text, label in zip(texts, labels, strict=True):
+        print(f"  {label:<10} <- {text!r}")
+    accuracy = float((served_test == test.y.numpy()).mean())
+    agree = float((served_test == model.predict(test).argmax(-1).numpy()).mean())
+    print(f"served {NAME}@production: {len(test)} test sentences over HTTP, accuracy {accuracy:.4f}, "
+          f"agreement with the in-process model {agree:.4f}")  # fmt: skip
+    if not np.isclose(agree, 1.0):
+        raise SystemExit("the served model disagrees with the trained one")
+
+
+if __name__ == "__main__":
+    main()
