@@ -21,22 +21,37 @@ Handler = Callable[[argparse.Namespace], int]
 _VERB_MODULES: tuple[str, ...] = ("kiln.jobs.commands", "kiln.ui.commands", "kiln.tune.commands")
 
 
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document (its shape: docs/cli.md)")
+
+
+def _emit(**fields: Any) -> None:
+    """Print the ``--json`` document of a verb (kiln._cli_json: the shapes docs/cli.md describes)."""
+    from . import _cli_json
+
+    print(_cli_json.dumps(_cli_json.document(**fields)))
+
+
 def _info(args: argparse.Namespace) -> int:
     import torch
 
     from .store.location import describe_store
     from .train.model import default_device
 
-    print(f"kiln {__version__}")
-    print(f"torch {torch.__version__}")
-    print(f"device {default_device()}")
-    print(f"threads {torch.get_num_threads()}")
-    print(f"store {describe_store()}")  # a database URL with its password masked
+    # The store is shown as describe_store() spells it: a database URL with its password masked.
+    facts = {"kiln": __version__, "torch": torch.__version__, "device": str(default_device()),
+             "threads": torch.get_num_threads(), "store": describe_store()}  # fmt: skip
+    if args.json:
+        _emit(**facts)
+        return 0
+    for key, value in facts.items():
+        print(f"{key} {value}")
     return 0
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("info", help="show kiln and torch versions and the device kiln would train on")
+    _json_option(parser)
     parser.set_defaults(handler=_info)
 
 
@@ -98,16 +113,26 @@ def _print(*renderables: Any) -> None:
 
 
 def _runs_list(args: argparse.Namespace) -> int:
+    from . import _cli_json
     from .store import tables
 
-    _print(tables.run_table(_open_store(args).runs(name=args.name, status=args.status, limit=args.limit)))
+    runs = _open_store(args).runs(name=args.name, status=args.status, limit=args.limit)
+    if args.json:
+        _emit(runs=[_cli_json.run_summary(run) for run in runs])
+        return 0
+    _print(tables.run_table(runs))
     return 0
 
 
 def _runs_show(args: argparse.Namespace) -> int:
+    from . import _cli_json
     from .store import tables
 
-    _print(*tables.run_detail(_open_store(args).run(args.run_id)))
+    run = _open_store(args).run(args.run_id)
+    if args.json:
+        _emit(run=_cli_json.run_detail(run))
+        return 0
+    _print(*tables.run_detail(run))
     return 0
 
 
@@ -126,13 +151,34 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     for parser, handler in ((listing, _runs_list), (show, _runs_show)):
         _store_option(parser)
+        _json_option(parser)
         parser.set_defaults(handler=handler)
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    from . import _cli_json
     from .store import tables
 
-    _print(tables.model_table(_open_store(args).models()))
+    models = _open_store(args).models()
+    if args.json:
+        _emit(models=[_cli_json.model_summary(model) for model in models])
+        return 0
+    _print(tables.model_table(models))
+    return 0
+
+
+def _models_show_json(store: Any, args: argparse.Namespace) -> int:
+    from . import _cli_json
+    from .export.trust import env_trust, version_trust
+
+    if "@" in args.reference:
+        versions = [store.version(args.reference)]
+        fields: dict[str, Any] = {"version": _cli_json.version(versions[0])}
+    else:
+        versions = store.versions(args.reference)
+        fields = {"model": args.reference, "versions": [_cli_json.version(v) for v in versions],
+                  "alias_history": _cli_json.alias_moves(store.alias_history(args.reference))}  # fmt: skip
+    _emit(**fields, trust=_cli_json.trust(version_trust(store, versions, (*args.trust, *env_trust()))))
     return 0
 
 
@@ -140,6 +186,8 @@ def _models_show(args: argparse.Namespace) -> int:
     from .store import tables
 
     store = _open_store(args)
+    if args.json:
+        return _models_show_json(store, args)
     if "@" in args.reference:
         versions = [store.version(args.reference)]
         _print(*tables.version_detail(versions[0]))
@@ -165,6 +213,14 @@ def _models_verify(args: argparse.Namespace) -> int:
 
     store = _open_store(args)
     report = store.verify(args.reference)
+    if args.json:
+        from . import _cli_json
+        from .export.trust import env_trust, version_trust
+
+        found = version_trust(store, store.versions_for(args.reference), (*args.trust, *env_trust()))
+        failed = not report.ok or (args.strict and any(item.untrusted for item in found))
+        _emit(**_cli_json.verify(report), trust=_cli_json.trust(found), strict=args.strict, passed=not failed)
+        return 1 if failed else 0
     versions = "1 version" if report.versions == 1 else f"{report.versions} versions"
     summary = f"{report.files} files ({report.bytes / 1e6:.1f} MB) in {versions}"
     if not report.ok:
@@ -205,6 +261,8 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("--strict", action="store_true", help="also exit 1 when a version's factory is untrusted")
     for parser in (show, verify):
         _trust_option(parser, "when judging each version's factory")
+    for parser in (listing, show, verify):
+        _json_option(parser)
     delete = actions.add_parser("delete", help="delete a version (NAME@VERSION) or, with --all, a whole model")
     delete.add_argument("reference", help="digits@3, digits@staging, or digits with --all")
     delete.add_argument("--all", action="store_true", help="delete every version of the model")
