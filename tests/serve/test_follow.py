@@ -343,3 +343,26 @@ def test_a_poll_switches_refuses_broken_versions_once_and_logs_a_new_signature(
     with Store(followed, create=False) as store, caplog.at_level(logging.INFO, logger="kiln.serve"):
         store.promote("fol", 1, "staging")
         run(main(store))
+
+
+@pytest.mark.slow
+def test_every_worker_follows_on_its_own(followed: Path):
+    """`--workers 2`: each worker polls and switches by itself; fresh connections (spread over both) end on 2."""
+    with Store(followed, create=False) as store:
+        store.promote("fol", 1, "canary")
+    args = ("--workers", "2", "--poll-interval", str(POLL_S), "--no-access-log")
+    with ServerProcess("fol@canary", followed, *args) as proc, Store(followed, create=False) as store:
+        proc.wait_ready()
+        with Load(proc.url, clients=4) as load:
+            wait_until(proc, lambda: min(load.counts()) >= 5, "answers from every client")
+            store.promote("fol", 2, "canary")
+
+            def both_switched() -> bool:  # a new connection per request reaches either worker
+                versions = {httpx.post(proc.url + "/v2/models/fol/infer", json=BODY).json()["model_version"]
+                            for _ in range(20)}  # fmt: skip
+                return versions == {"2"}
+
+            wait_until(proc, both_switched, "every worker on 2")
+            assert proc.output().count("fol@canary moved: switched from fol@1 to fol@2") == 2
+        assert all(a.status == 200 for answers in load.answers for a in answers)
+        assert proc.terminate() == 0, proc.output()[-2000:]
