@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "GradientDoctor": "kiln.train.doctor",
     "Finding": "kiln.train.doctor",
     "EMA": "kiln.train.averaging",
+    "ProfileOptions": "kiln.train.profiler",
+    "Profiler": "kiln.train.profiler",
     "SWA": "kiln.train.averaging",
 }
 

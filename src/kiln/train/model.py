@@ -192,6 +192,7 @@ class Model(StepMethods):
         run: str | None = None,
         doctor: bool | Callback = True,
         verbose: int | str = "auto",
+        profile: Any = False,
     ) -> History:
         """Train for ``epochs`` over ``data`` and return the History of per-epoch logs.
 
@@ -210,7 +211,9 @@ class Model(StepMethods):
         over all ranks' batches. ``run`` names the run this fit is recorded as in the Model's store (or the
         default store, ``$KILN_HOME`` or ``./.kiln``). ``doctor`` runs the gradient doctor (True: the default
         ``kiln.GradientDoctor()``; or pass a configured one; False turns it off). ``verbose``: "auto" (a live bar
-        on a terminal, a line per epoch otherwise), 1, or 0 for silence.
+        on a terminal, a line per epoch otherwise), 1, or 0 for silence. ``profile``: True or a
+        ``kiln.ProfileOptions(steps=20, skip_first=5)`` runs torch.profiler over that window of steps and prints time
+        per step by phase, the top operators and peak memory, keeping the Chrome trace (see kiln.train.profiler).
 
         Example:
             >>> history = model.fit(train, epochs=10, batch_size=64, validation=val, lr_schedule="cosine", seed=0)
@@ -283,6 +286,10 @@ class Model(StepMethods):
                 all_callbacks.append(doctor)
             elif not any(isinstance(cb, GradientDoctor) for cb in callbacks):
                 all_callbacks.append(GradientDoctor())
+        if profile is not False:
+            from .profiler import Profiler
+
+            all_callbacks.append(Profiler.from_option(profile, store=self.store))  # before tracking's on_fit_end
         if run is not None or self.store is not None:
             from .tracking import TrackingCallback
 
