@@ -31,6 +31,7 @@ Run from the repository root::
 
     python benchmarks/store_bench.py --reps 9          # the recorded run -> benchmarks/results/store_bench.json
     python benchmarks/store_bench.py --smoke           # a 0.6M-parameter MLP, one rep: checks that the script runs
+    python benchmarks/store_bench.py --backends        # SQLite vs PostgreSQL (issue 18) -> the run "backends"
 
 Without the MLflow venv the script says so and measures kiln and the safetensors floors only.
 """
@@ -369,8 +370,12 @@ def main() -> None:
     parser.add_argument("--mlflow-python", help="default: benchmarks/.venv-mlflow/bin/python")
     parser.add_argument("--mlflow-reps", type=int, default=3)
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument("--backends", action="store_true", help="instead: the SQLite and PostgreSQL backends side "
+                        "by side (benchmarks/store_backends.py), recorded as the run 'backends'")  # fmt: skip
     harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
+    if args.backends:
+        return backends(args)
     if args.smoke:
         args.reps, args.hidden, args.tracking_epochs, args.mlflow_reps = 1, 256, 2, 1
     harness.pin_threads(args.threads)
@@ -397,6 +402,28 @@ def main() -> None:
         print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
     path = harness.result_path(args, QUESTION)
     harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
+
+
+def backends(args: argparse.Namespace) -> None:
+    """``--backends``: the store's two backends side by side (issue 18), a few minutes on 2 cores."""
+    import store_backends
+
+    harness.pin_threads(1)
+    record = harness.new_run("backends" if args.run_name == "main" else args.run_name)
+    sizes = {"reps": 3, "rows": 20_000, "writers": 8, "resolves": 300, "registers": 20, "listed": 10_000}
+    if args.smoke:
+        sizes = {"reps": 1, "rows": 2_000, "writers": 2, "resolves": 20, "registers": 2, "listed": 500}
+    result = store_backends.measure(**sizes)
+    specs = store_backends.tables(result)
+    record["conditions"].append(
+        f"`--backends`: medians of {sizes['reps']} reps, the backend order alternating; both stores on the same disk"
+    )
+    spreads = {b: {k: harness.spread(v) for k, v in found.items()} for b, found in result["samples"].items()}
+    record.update(tables=specs, summary={**{k: v for k, v in result.items() if k != "samples"}, "spread": spreads})
+    for spec in specs:
+        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
+    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
+                         run=harness.finish_run(record))  # fmt: skip
 
 
 if __name__ == "__main__":

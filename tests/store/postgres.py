@@ -3,7 +3,7 @@
 initdb refuses to run as root, so as root the server runs as the ``postgres`` user (``runuser``) in a directory it
 owns; as anyone else it runs as that user. The server listens on 127.0.0.1 and on a unix socket in its directory,
 takes passwords over TCP (scram-sha-256, so wrong credentials are refused as on a real server) and trusts the socket.
-Durability settings are relaxed (fsync off): the tests kill processes, never the machine.
+Durability settings are relaxed (fsync off) unless ``durable``: the tests kill processes, never the machine.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ def free_port() -> int:
 class Cluster:
     """One running server; ``url(database)`` names a database on it, ``create_database()`` makes a fresh one."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable  # fsync and synchronous commits on, as a real server runs (the benchmark uses it)
         self.as_root = os.geteuid() == 0
         self.directory = Path(tempfile.mkdtemp(prefix="kiln-pg-"))
         self.data = self.directory / "data"
@@ -63,8 +64,8 @@ class Cluster:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()}\n{log[-2000:]}")
 
     def _options(self) -> str:
-        return (f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")  # fmt: skip
+        relaxed = "" if self.durable else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        return f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 {relaxed}-c max_connections=200"
 
     def start(self) -> None:
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self._options(), "-w", "start")

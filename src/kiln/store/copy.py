@@ -108,13 +108,13 @@ def _insert_rows(
     for row in rows:
         batch.append(row)
         if len(batch) >= _BATCH:
-            destination.execute(table.insert(), batch)
+            dialects.insert_rows(destination, table, batch)
             count += len(batch)
             batch = []
             if progress is not None:
                 progress("metric rows", count, max(total, count + 1))
     if batch:
-        destination.execute(table.insert(), batch)
+        dialects.insert_rows(destination, table, batch)
         count += len(batch)
     return count
 

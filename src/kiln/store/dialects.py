@@ -36,6 +36,7 @@ __all__ = [
     "begin",
     "create_engine",
     "insert_ignore",
+    "insert_rows",
     "lock_blobs",
     "lock_schema",
     "started",
@@ -110,6 +111,27 @@ def insert_ignore(connection: Connection, table: sa.Table, values: dict[str, Any
     """Insert ``values`` into ``table`` unless a row with the same unique key exists (created concurrently)."""
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     connection.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+def insert_rows(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows at once: an executemany on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL.
+
+    COPY streams the rows in one command: a flush of 2000 metric rows took about a tenth of the time of 2000
+    pipelined INSERTs here, and one INSERT with 2000 VALUES spends longer still in the driver's parameter handling.
+    """
+    if not rows:
+        return
+    if connection.dialect.name != "postgresql":
+        connection.execute(table.insert(), rows)
+        return
+    quote = connection.dialect.identifier_preparer.quote
+    columns = list(rows[0])
+    command = f"COPY {quote(table.name)} ({', '.join(quote(c) for c in columns)}) FROM STDIN"
+    driver = connection.connection.driver_connection  # the psycopg connection, inside this transaction
+    assert driver is not None
+    with driver.cursor() as cursor, cursor.copy(command) as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])
 
 
 def lock_blobs(connection: Connection, *, exclusive: bool) -> None:

@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..errors import ConfigError, NotFoundError, StoreError
+from . import dialects
 from .blobs import Blob
 from .database import Database, DatabaseUnavailable
 from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, this_process
@@ -258,8 +259,7 @@ def insert_metrics(connection: Connection, run_id: str, rows: Iterable[MetricRow
         }
         for key, step, value, epoch in rows
     ]
-    if values:
-        connection.execute(metrics.insert(), values)
+    dialects.insert_rows(connection, metrics, values)
     connection.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
 
 
