@@ -178,3 +178,27 @@ def test_json_has_no_nan(client: Client, filled: Filled, tmp_path) -> None:
         run.log({"loss": 1.0}, step=1)
     answer = make_client(tmp_path / "s").get(f"/api/runs/{run.id}/series")
     assert "NaN" not in answer.text and answer.json()["series"]["loss"]["nonfinite"] == [0]
+
+
+def test_doctor_findings_recorded_with_a_run_are_listed(tmp_path) -> None:
+    import json
+
+    from .conftest import make_client
+
+    findings = [{"kind": "vanishing", "layers": ["0", "<b>2</b>"], "step": 3, "evidence": "grad norm 1e-9",
+                 "remedies": ["use kaiming init"]}]  # fmt: skip
+    (tmp_path / "doctor.json").write_text(json.dumps({"findings": findings}))
+    with Store(tmp_path / "s") as store, store.start_run("r") as run:
+        run.log({"update_ratio/0": 1e-3, "update_ratio/2": 1e-5}, step=1)
+        run.log_artifact("doctor.json", tmp_path / "doctor.json")
+    client = make_client(tmp_path / "s")
+    page = client.get(f"/runs/{run.id}").text
+    assert "Gradient doctor" in page and "grad norm 1e-9" in page and "try: use kaiming init" in page
+    assert "&lt;b&gt;2&lt;/b&gt;" in page
+    charts = client.get(f"/api/runs/{run.id}").json()["charts"]
+    assert charts == [
+        {"title": "update_ratio", "series": [["update_ratio/0", "0"], ["update_ratio/2", "2"]], "log": True}
+    ]
+    with Store(tmp_path / "s") as store, store.start_run("plain") as plain:
+        plain.log({"loss": 1.0}, step=1)
+    assert "Gradient doctor" not in client.get(f"/runs/{plain.id}").text  # recorded nothing: no section

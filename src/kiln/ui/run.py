@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -123,7 +124,7 @@ def _info_dict(info: RunInfo) -> dict[str, Any]:
 def routes(ui: Ui) -> list[BaseRoute]:
     def run_page(request: Request) -> Response:
         data = run_impl(ui, request.path_params["run_id"])
-        return ui.page(request, "run.html", title=f"Run {data['run'].name}",
+        return ui.page(request, "run.html", title=f"Run {data['run'].name}", now=time.time(),
                        charts_json=json.dumps(data["charts"]), **data)  # fmt: skip
 
     def run_api(request: Request) -> Response:

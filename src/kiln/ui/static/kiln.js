@@ -199,8 +199,11 @@
     function build() {
       root.textContent = "";
       charts = specs.map((spec) => {
-        const lines = spec.series.filter(([key]) => series[key]).map(([key, label], i) => ({
-          key, label, color: RUN_COLORS[label] || EXTRA_COLORS[i % EXTRA_COLORS.length], series: series[key],
+        const present = spec.series.filter(([key]) => series[key]);
+        const alone = present.length === 1 && present[0][1] === "train (batch)";  // drawn in the strong colour
+        const lines = present.map(([key, label], i) => ({
+          key, label, series: series[key],
+          color: alone ? RUN_COLORS.train : RUN_COLORS[label] || EXTRA_COLORS[i % EXTRA_COLORS.length],
         }));
         return new Chart(root, spec.title, lines);
       }).filter((c) => c.lines.length);
@@ -297,8 +300,12 @@
   /* ------------------------------------------------------------------ try it */
   /* Outputs to read: numbers to 6 significant digits, one sample (innermost list) per line. */
   function pretty(value) {
-    const text = JSON.stringify(value, (k, v) => (typeof v === "number" ? Number(v.toPrecision(6)) : v));
-    return text.replace(/\],\[/g, "],\n [").replace(/^\[\[/, "[\n [").replace(/\]\]$/, "]\n]");
+    const short = (k, v) => (typeof v === "number" ? Number(v.toPrecision(6)) : v);
+    if (Array.isArray(value) && value.length && value.every(Array.isArray)) {
+      const rows = value.map((row) => "  " + JSON.stringify(row, short).replace(/,/g, ", "));
+      return "[\n" + rows.join(",\n") + "\n]";
+    }
+    return JSON.stringify(value, short, 2);
   }
 
   function tryIt(root) {
