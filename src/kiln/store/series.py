@@ -98,6 +98,28 @@ _FIRST_NAN = sa.select(sa.func.min(metrics.c.step)).where(_in_bucket, metrics.c.
 _RAW = sa.select(metrics.c.step, metrics.c.time, metrics.c.value)
 
 
+class _Prepared:
+    """A Core statement compiled once for a connection's dialect and run on its DBAPI cursor.
+
+    A cold million-point series is about a thousand small aggregates; through SQLAlchemy's execution layer each
+    costs ~0.3 ms before the database does any work, on the raw cursor ~0.02 ms. The SQL is still SQLAlchemy's,
+    compiled for whichever dialect the store uses (positional or named parameters alike).
+    """
+
+    def __init__(self, connection: Connection, statement: sa.ClauseElement) -> None:
+        compiled: Any = statement.compile(dialect=connection.dialect)  # an SQLCompiler
+        self.sql = str(compiled)
+        self.order = list(compiled.positiontup or []) if compiled.positional else None
+        self.cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def one(self, params: dict[str, Any]) -> Any:
+        self.cursor.execute(self.sql, tuple(params[name] for name in self.order) if self.order is not None else params)
+        return self.cursor.fetchone()
+
+    def close(self) -> None:
+        self.cursor.close()
+
+
 def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
@@ -211,22 +233,26 @@ class SeriesCache:
         expression would sort a million rows first (twice as slow on SQLite).
         """
         buckets = []
-        for index in range((start - origin) // width, (stop - origin) // width + 1):
-            low = origin + index * width
-            params = {"run_id": run_id, "key": key, "low": low, "high": low + width}
-            count, finite, first, last, t0, t1, low_value, high_value = connection.execute(_BUCKET, params).one()
-            if not count:
-                continue
-            nonfinite = None
-            if finite < count:  # NaN is stored as NULL: find the first one (rare, so a second pass is cheap)
-                nonfinite = connection.execute(_FIRST_NAN, params).scalar()
-            if low_value is not None and not math.isfinite(low_value):  # -inf: mark the bucket's first step
-                nonfinite, low_value = (first if nonfinite is None else nonfinite), None
-            if high_value is not None and not math.isfinite(high_value):  # +inf: its last step
-                nonfinite, high_value = (last if nonfinite is None else nonfinite), None
-            buckets.append(_Bucket(index=index, count=int(count), first_step=int(first), last_step=int(last),
-                                   first_time=float(t0), last_time=float(t1), low=low_value, high=high_value,
-                                   nonfinite=nonfinite))  # fmt: skip
+        aggregate = _Prepared(connection, _BUCKET)
+        try:
+            for index in range((start - origin) // width, (stop - origin) // width + 1):
+                low = origin + index * width
+                params = {"run_id": run_id, "key": key, "low": low, "high": low + width}
+                count, finite, first, last, t0, t1, low_value, high_value = aggregate.one(params)
+                if not count:
+                    continue
+                nonfinite = None
+                if finite < count:  # NaN is stored as NULL: find the first one (rare, so a second pass is cheap)
+                    nonfinite = connection.execute(_FIRST_NAN, params).scalar()
+                if low_value is not None and not math.isfinite(low_value):  # -inf: mark the bucket's first step
+                    nonfinite, low_value = (first if nonfinite is None else nonfinite), None
+                if high_value is not None and not math.isfinite(high_value):  # +inf: its last step
+                    nonfinite, high_value = (last if nonfinite is None else nonfinite), None
+                buckets.append(_Bucket(index=index, count=int(count), first_step=int(first), last_step=int(last),
+                                       first_time=float(t0), last_time=float(t1), low=low_value, high=high_value,
+                                       nonfinite=nonfinite))  # fmt: skip
+        finally:
+            aggregate.close()
         return buckets
 
     def _coarsen(self, entry: _Entry) -> _Entry:
