@@ -14,6 +14,12 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   echo "kiln setup: installing torch==2.13.0 (CPU)"
   .venv/bin/pip install --quiet "torch==2.13.0"
 fi
+if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # examples/keyword_spotting.py synthesises its speech with espeak-ng (it falls back to tones without it).
+  echo "kiln setup: installing espeak-ng (Debian package)"
+  apt-get install -y -q espeak-ng >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q espeak-ng >/dev/null 2>&1; } \
+    || echo "kiln setup: could not install espeak-ng; examples/keyword_spotting.py will use synthesised tones"
+fi
 echo "kiln setup: installing kiln[$extras]"
 .venv/bin/pip install --quiet -e ".[$extras]"
 if [[ ",$extras," == *",dev,"* ]] && ! command -v chromium >/dev/null 2>&1; then
