@@ -39,7 +39,7 @@ class ServerProcess:
     """
 
     def __init__(
-        self, reference: str, store: Path, *args: str, env: dict[str, str] | None = None,
+        self, reference: str, store: Path | str, *args: str, env: dict[str, str] | None = None,
         options: dict[str, Any] | None = None, new_session: bool = False,
     ) -> None:  # fmt: skip
         self.port = free_port()

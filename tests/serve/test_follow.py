@@ -366,3 +366,32 @@ def test_every_worker_follows_on_its_own(followed: Path):
             assert proc.output().count("fol@canary moved: switched from fol@1 to fol@2") == 2
         assert all(a.status == 200 for answers in load.answers for a in answers)
         assert proc.terminate() == 0, proc.output()[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_team_store_is_served_and_followed_by_every_worker(tmp_path: Path):
+    """`kiln serve NAME@ALIAS --store postgresql://... --blobs DIR --workers 2`: pinned in the parent, each worker
+    opens the database itself (blobs from --blobs, which the workers inherit) and follows a promotion."""
+    from store import postgres  # tests/store/postgres.py: a throwaway PostgreSQL 15 cluster
+
+    if not postgres.available():
+        pytest.skip(f"no PostgreSQL 15 server binaries in {postgres.BIN}")
+    cluster = postgres.Cluster()
+    try:
+        url, blobs = cluster.url(cluster.create_database()), tmp_path / "blobs"
+        with Store(url, blobs=blobs) as store:
+            for value in (1.0, 2.0):
+                register_module(constant(value), "fol", store=store, example_input=torch.zeros(2, 4), onnx=False)
+            store.promote("fol", 1, "production")
+        args = ("--blobs", str(blobs), "--workers", "2", "--poll-interval", str(POLL_S), "--no-access-log")
+        with ServerProcess("fol@production", url, *args) as proc:
+            proc.wait_ready()
+            assert served_version(proc.url) == "1"
+            with Store(url, blobs=blobs) as store:
+                store.promote("fol", 2, "production")
+            wait_until(proc, lambda: proc.output().count("switched from fol@1 to fol@2") == 2, "both workers on 2")
+            assert {served_version(proc.url) for _ in range(10)} == {"2"}
+            assert proc.terminate() == 0, proc.output()[-2000:]
+    finally:
+        cluster.close()

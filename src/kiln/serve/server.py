@@ -20,16 +20,30 @@ from .process import configure_logging, run_server
 __all__ = ["pin_reference", "serve"]
 
 
-def pin_reference(reference: str | os.PathLike[str], store: Any) -> tuple[str | Path, str | None]:
+def pin_reference(reference: str | os.PathLike[str], store: Any) -> tuple[str | Path, Any]:
     """Resolve an alias to the exact ``name@version`` now, so that every worker starts with the same version (a
     followed alias then moves each worker on its own); fails fast (before binding a port) on an unknown model or a
-    missing store."""
+    missing store. Returns the pinned reference and the open Store (None for a package directory)."""
     if isinstance(reference, os.PathLike):
         return Path(reference), None
     from ..store import Store
 
     opened = store if isinstance(store, Store) else Store(store, create=False)
-    return opened.version(reference).reference, str(opened.path)
+    return opened.version(reference).reference, opened
+
+
+def _for_workers(store: Any, opened: Any) -> str | None:
+    """The store as worker processes open it: what the caller named (``None``: the default, which the workers find
+    in the environment and working directory they inherit, ``--blobs`` included); for a Store object, its
+    directory. A database store given as a Store object cannot travel: ask for its URL instead."""
+    if store is None or isinstance(store, str | os.PathLike):
+        return None if store is None else os.fspath(store)
+    if opened.location.embedded:
+        return str(opened.path)
+    raise ConfigError(
+        f"--workers cannot hand the Store object for {opened.url} to its worker processes; pass the store as a "
+        "string instead (store='postgresql://...', with blobs from KILN_BLOBS), or serve with workers=1."
+    )
 
 
 def serve(
@@ -48,10 +62,11 @@ def serve(
     chosen = config or ServeConfig(**options)
     configure_logging(access_log=chosen.access_log)
     follow_reference(reference, chosen.follow)  # --follow on a pinned version fails here, before anything starts
-    pinned, store_path = pin_reference(reference, store)
+    pinned, opened = pin_reference(reference, store)
     if chosen.workers > 1:
         from .workers import run_workers
 
-        return run_workers(reference, pinned, store_path, chosen)
-    app = create_app(reference, store=store_path, config=chosen, pinned=pinned if isinstance(pinned, str) else None)
+        return run_workers(reference, pinned, _for_workers(store, opened), chosen)
+    # One process: the app loads from, and follows through, the store opened here (any backend, blobs included).
+    app = create_app(reference, store=opened, config=chosen, pinned=pinned if isinstance(pinned, str) else None)
     return run_server(app, chosen)
