@@ -19,7 +19,7 @@ import torch
 
 from ..distributed import all_reduce_sum, is_distributed, world_size
 from ..errors import ConfigError, DataError
-from .callbacks import Callback
+from .callbacks import Callback, overrides
 from .optim import needs_closure
 from .precision import Precision
 from .schedules import make_schedule
@@ -101,9 +101,7 @@ class StepControl:
     ) -> None:
         self.model, self.optimizers, self.schedules, self.precision = model, optimizers, schedules, precision
         self.accumulate, self.clip, self.sync = accumulate, clip_grad_norm, sync
-        self.step_hooks = [
-            cb for cb in callbacks if type(cb).on_before_optimizer_step is not Callback.on_before_optimizer_step
-        ]
+        self.step_hooks = [cb for cb in callbacks if overrides(cb, "on_before_optimizer_step")]
         self.boundary, self.hooks_called, self.stepped = True, False, False
 
     # ------------------------------------------------------------------ per batch (the loop)
