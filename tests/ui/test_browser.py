@@ -109,6 +109,8 @@ def test_runs_filter_run_compare_models_try_it(page: Any, server: str, filled: F
     assert page.locator(".chart[data-title=val_loss]").get_attribute("data-series") == "2"
     differing = [row.locator("th").inner_text() for row in page.locator("#params-table tr.differs").all()]
     assert "lr" in differing and "epochs" not in differing
+    page.select_option("#x-mode", "time")  # seconds since each run's start: the runs overlay
+    assert page.locator("#compare-charts .chart canvas").count() == len(page.locator(".chart").all()) > 0
 
     page.click("header nav >> text=Models")
     page.click("a.card")

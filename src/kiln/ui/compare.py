@@ -83,7 +83,9 @@ def routes(ui: Ui) -> list[BaseRoute]:
 
     def compare_page(request: Request) -> Response:
         data = compare_impl(ui, _ids(request))
-        spec = {"runs": [{k: r[k] for k in ("id", "label", "color")} for r in data["runs"]], "metrics": data["metrics"]}
+        runs = [{"id": r["id"], "label": r["label"], "color": r["color"], "start": r["info"].start_time}
+                for r in data["runs"]]  # fmt: skip
+        spec = {"runs": runs, "metrics": data["metrics"]}
         return ui.page(request, "compare.html", title="Compare runs", spec_json=json.dumps(spec), **data)
 
     def compare_api(request: Request) -> Response:

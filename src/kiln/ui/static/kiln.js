@@ -27,9 +27,10 @@
     return { time: x ? x.value === "time" : false, log: log ? log.checked : false };
   }
 
-  /* [x, y] for one series in the chosen x mode: pairs sorted by x (wall time may not follow step order). */
-  function table(s, time) {
-    const xs = time ? s.time : s.step;
+  /* [x, y] for one series in the chosen x mode: pairs sorted by x (wall time may not follow step order). With
+     ``origin`` (compare), time is seconds since that run started, so runs started at different times overlay. */
+  function table(s, time, origin) {
+    const xs = !time ? s.step : origin == null ? s.time : s.time.map((t) => t - origin);
     if (!time) return [xs, s.value];
     const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
     return [order.map((i) => xs[i]), order.map((i) => s.value[i])];
@@ -68,20 +69,22 @@
     }
 
     data(opts) {
-      const tables = this.lines.map((l) => table(l.series, opts.time));
+      const tables = this.lines.map((l) => table(l.series, opts.time, l.origin));
       return tables.length === 1 ? tables[0] : uPlot.join(tables);
     }
 
     render(opts) {
       const data = this.data(opts);
       const log = opts.log && positive(data);
+      const elapsed = opts.time && this.lines.some((l) => l.origin != null);  // seconds since each run's start
       const width = Math.max(240, this.plotArea.clientWidth || this.box.clientWidth - 20);
       const markers = this.lines.map((l) => ({ color: l.color, xs: nanXs(l.series, opts.time) }));
       const options = {
         width: width, height: 230,
-        scales: { x: { time: opts.time }, y: { distr: log ? 3 : 1 } },
+        scales: { x: { time: opts.time && !elapsed }, y: { distr: log ? 3 : 1 } },
         axes: [
-          { label: opts.time ? "wall time" : "step", labelSize: 18, size: 36, stroke: "#4b5563",
+          { label: elapsed ? "seconds since the run started" : opts.time ? "wall time" : "step", labelSize: 18,
+            size: 36, stroke: "#4b5563",
             grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } },
           { label: this.title + (log ? " (log)" : ""), labelSize: 18, size: 58, stroke: "#4b5563",
             grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" }, values: (u, vals) => vals.map(fmt) },
@@ -285,7 +288,7 @@
       const opts = settings();
       charts = spec.metrics.map((key) => {
         const lines = spec.runs.filter((r) => byRun[r.id][key]).map((r) => ({
-          key, label: r.label, color: r.color, series: byRun[r.id][key],
+          key, label: r.label, color: r.color, series: byRun[r.id][key], origin: r.start,
         }));
         return new Chart(root, key, lines);
       }).filter((c) => c.lines.length);
