@@ -25,6 +25,7 @@ import kiln
 from ..errors import ConfigError, KilnError, TrustError
 from ..export.trust import FACTORY_PATTERN, trusted_by
 from .config import JobConfig
+from .typed import suggest
 
 __all__ = ["build_model", "build_module", "factory_modules", "import_factory", "module_versions", "seed_all"]
 
@@ -67,7 +68,11 @@ def import_factory(path: str, *, key: str, python_path: Sequence[str], trust: Se
         raise ConfigError(f"{key}: importing {module_name!r} failed: {type(error).__name__}: {error}") from None
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ConfigError(f"{key}: module {module_name!r} has no attribute {part!r}")
+            near = suggest(part, [name for name in dir(target) if not name.startswith("_")])
+            raise ConfigError(
+                f"{key}: module {module_name!r} has no attribute {part!r}"
+                + (f"; did you mean {module_name}:{near}?" if near else "")
+            )
         target = getattr(target, part)
     if not callable(target):
         raise ConfigError(f"{key}: {path} is not callable")
