@@ -202,3 +202,26 @@ def test_doctor_findings_recorded_with_a_run_are_listed(tmp_path) -> None:
     with Store(tmp_path / "s") as store, store.start_run("plain") as plain:
         plain.log({"loss": 1.0}, step=1)
     assert "Gradient doctor" not in client.get(f"/runs/{plain.id}").text  # recorded nothing: no section
+
+
+def test_a_tampered_version_says_so(filled: Filled, tmp_path) -> None:
+    import shutil
+
+    from .conftest import make_client
+
+    path = tmp_path / "copy"
+    shutil.copytree(filled.path, path)
+    with Store(path) as store:
+        blob = store.version("blobs@1").files["weights.safetensors"]
+        target = store.blobs.path(blob.sha256)
+    target.chmod(0o644)
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    client = make_client(path)
+    page = client.get("/models/blobs/1")
+    assert page.status_code == 200 and "integrity problem" in page.text and "weights.safetensors" in page.text
+    answer = client.get("/api/models/blobs/1").json()
+    assert answer["verified"] is False and answer["problems"][0]["file"] == "weights.safetensors"
+    refused = client.post("/api/models/blobs/1/predict", json={"inputs": [[0.0] * 8]})
+    assert refused.status_code == 500 and "failed verification" in refused.json()["error"]

@@ -7,7 +7,7 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from .. import __version__
-from ..store import Store
+from ..store import Store, VerifyReport
 from ..store.series import SeriesCache
 from .config import UiConfig
 from .pages import HttpError, error_status
@@ -58,6 +58,7 @@ class Ui:
     series: SeriesCache
     runtimes: RuntimeCache
     env: Environment
+    verified: dict[str, tuple[float, VerifyReport]] = field(default_factory=dict)  # see models.version_impl
 
     def page(self, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         html = self.env.get_template(template).render(

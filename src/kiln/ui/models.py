@@ -9,6 +9,7 @@ page's CSRF token and a ticked confirmation.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -17,13 +18,15 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..export.trust import env_trust, version_trust
-from ..store import ModelVersion, parse_reference
+from ..store import ModelVersion, VerifyReport, parse_reference
 from ..store.names import check_alias, check_name
 from .context import Ui, json_response, view
 from .pages import HttpError, as_int, read_body, read_form
 from .tryit import MAX_INPUT_BYTES, example_input, predict_impl
 
-__all__ = ["gallery_impl", "model_impl", "routes", "version_impl"]
+__all__ = ["VERIFY_EVERY_S", "gallery_impl", "model_impl", "routes", "version_impl"]
+
+VERIFY_EVERY_S = 600.0
 
 
 def _version_dict(v: ModelVersion) -> dict[str, Any]:
@@ -60,17 +63,29 @@ def model_impl(ui: Ui, name: str) -> dict[str, Any]:
             "moves": list(reversed(ui.store.alias_history(name)))}  # fmt: skip
 
 
+def _verified(ui: Ui, found: ModelVersion) -> tuple[float, VerifyReport]:
+    """When ``found`` was last re-hashed and the report; hashed again after VERIFY_EVERY_S (gigabytes take seconds)."""
+    key = found.reference + ":" + ",".join(sorted(blob.sha256 for blob in found.files.values()))
+    done = ui.verified.get(key)
+    if done is None or time.time() - done[0] > VERIFY_EVERY_S:
+        if len(ui.verified) > 256:
+            ui.verified.clear()
+        done = ui.verified[key] = (time.time(), ui.store.verify(found.reference))
+    return done
+
+
 def version_impl(ui: Ui, name: str, version: int) -> dict[str, Any]:
-    """One version: its files, verify result (every blob re-hashed), whether its factory is trusted here, the
-    versions derived from it, and the pre-filled Try-it input."""
+    """One version: its files, verify result (every blob re-hashed, at most every 10 minutes), whether its factory is
+    trusted here, the versions derived from it, and the pre-filled Try-it input."""
     check_name(name)
     found = ui.store.version(f"{name}@{version}")
-    report = ui.store.verify(found.reference)
+    verified_at, report = _verified(ui, found)
     trust = version_trust(ui.store, [found], env_trust())[0]
     children = [v.reference for v in ui.store.versions(name) if v.parent == found.reference]
     example = json.dumps(example_input(found.signature), separators=(", ", ": "))
-    return {"version": found, "verify": report, "trust": trust, "children": children, "example": example,
-            "parent_link": _parent_link(found.parent), "onnx": "model.onnx" in found.files}  # fmt: skip
+    return {"version": found, "verify": report, "verified_at": verified_at, "trust": trust, "children": children,
+            "example": example, "parent_link": _parent_link(found.parent),
+            "onnx": "model.onnx" in found.files}  # fmt: skip
 
 
 def _version_number(request: Request) -> int:
