@@ -6,10 +6,12 @@ writes them; kiln only tunes the SQLite connection the way the store tunes its o
 ``BEGIN IMMEDIATE``, so that writers queue for the lock instead of failing with "database is locked" when a read
 transaction tries to upgrade).
 
-A trial is RUNNING in the database until its process says otherwise. When that process is killed, two mechanisms
-mark the trial failed and queue a retry of the same parameters (Optuna's ``RetryHeartbeatStaleTrialCallback``):
-Optuna's heartbeat, after ``grace_period`` seconds of silence (any machine), and, at once, :func:`fail_dead_trials`,
-for trials whose process is provably gone (same machine; kiln's process records, as for runs).
+A trial is RUNNING in the database until its process says otherwise. When that process is killed, the trial is
+marked failed and a retry of the same parameters queued (Optuna's ``RetryHeartbeatStaleTrialCallback``) by
+:func:`fail_dead_trials`, at once, for trials whose process is provably gone (same machine; kiln's process records,
+as for runs), and on a database that several machines share (PostgreSQL) also by Optuna's heartbeat, after
+``grace`` seconds of silence. An SQLite store lives on one machine, so it needs no heartbeat (a thread and a write
+per trial saved).
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def _sqlite_begin(connection: sa.engine.Connection) -> None:
 
 
 def open_storage(store: Store, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int = GRACE_SECONDS) -> Any:
-    """An ``optuna.storages.RDBStorage`` on ``store``'s database, with heartbeats and retries of dead trials.
+    """An ``optuna.storages.RDBStorage`` on ``store``'s database (with heartbeats and retries unless SQLite).
 
     Example:
         >>> storage = open_storage(Store())
@@ -86,16 +88,14 @@ def open_storage(store: Store, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int
     url = storage_url(store)
     sqlite = url.startswith("sqlite")
     options = {"connect_args": {"timeout": _BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
+    beat: dict[str, Any] = {}
+    if not sqlite:
+        beat = {"heartbeat_interval": heartbeat, "grace_period": grace,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(MAX_RETRY)}  # fmt: skip
     for attempt in range(5):
         try:
             with quiet_optuna():
-                storage = RDBStorage(
-                    url,
-                    engine_kwargs=options,
-                    heartbeat_interval=heartbeat,
-                    grace_period=grace,
-                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(MAX_RETRY),
-                )
+                storage = RDBStorage(url, engine_kwargs=options, **beat)
             break
         except (sa.exc.OperationalError, sa.exc.IntegrityError):
             # Several processes opening a fresh store at once race to create Optuna's tables and version rows;
