@@ -188,3 +188,29 @@ def test_command_line_overrides_reach_a_train_steps_job(release: Path, capsys: p
     ]:
         assert main(["run", str(release), override, "--store", str(release.parent / "store")]) == 2
         assert capsys.readouterr().err == f"kiln: error: {message}\n"
+
+
+def test_evaluating_the_registered_package_gives_the_runs_numbers(
+    tmp_path: Path, write_job: WriteJob, store: Store
+) -> None:
+    """register rebuilds the run's weights from its last checkpoint; the package, loaded back, measures the same."""
+    from kiln.jobs.execution import run_pipeline
+
+    write_job()
+    steps = [
+        RELEASE[0],
+        {"name": "register", "kind": "register", "run": "${train.run_id}", "model": "digits", "onnx": False},
+        {"name": "packaged", "kind": "evaluate", "model": "digits@${register.version}", "split": "test"},
+        {"name": "validation", "kind": "evaluate", "run": "${train.run_id}", "split": "validation"},
+    ]
+    path = tmp_path / "pipeline.toml"
+    path.write_text(pipeline_text("roundtrip", steps))
+    result = run_pipeline(load_pipeline(path), store=store)
+    trained = result.outputs("train")["metrics"]
+    assert result.outputs("packaged")["metrics"] == {
+        "test_accuracy": trained["test_accuracy"],
+        "test_loss": trained["test_loss"],
+    }
+    assert result.outputs("packaged")["model"] == "digits@1"
+    assert result.outputs("validation")["metrics"]["val_accuracy"] == trained["val_accuracy"]
+    assert store.version("digits@1").metrics == trained  # the train step's metrics, its only step about the run

@@ -14,6 +14,7 @@ folder, made absolute relative to the config file), ``choices`` (allowed strings
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import json
@@ -274,7 +275,7 @@ def apply_overrides(
     Example:
         >>> apply_overrides(JobConfig, raw, ["fit.epochs=20", "model.lr=3e-4"])
     """
-    out: dict[str, Any] = json.loads(json.dumps(data))  # a deep copy of plain TOML values
+    out: dict[str, Any] = copy.deepcopy(dict(data))
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.strip()
