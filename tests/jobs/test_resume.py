@@ -32,19 +32,30 @@ def test_resume_after_sigkill_mid_train_equals_an_uninterrupted_execution(
     monkeypatch.delenv("KILN_TEST_PAUSE_AT", raising=False)
     write_job(model={"module": "kiln_test_nets:pausing"}, fit={"epochs": EPOCHS})
     notes = tmp_path / "notes.txt"
-    note = {"name": "note", "kind": "shell",
-            "command": [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('ran\\n')", str(notes)]}
+    note = {
+        "name": "note",
+        "kind": "shell",
+        "command": [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('ran\\n')", str(notes)],
+    }
     path = tmp_path / "pipeline.toml"
     path.write_text(pipeline_text("release", [note, *RELEASE[:5]]))
     killed, straight = tmp_path / "killed", tmp_path / "straight"
 
     # 1. A real `kiln run` process, killed with SIGKILL while it trains (it pauses at a known step to be killed).
     marker = tmp_path / "paused"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KILN_TEST_PAUSE_AT": str(PAUSE_AT),
-           "KILN_TEST_PAUSE_FILE": str(marker)}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "KILN_TEST_PAUSE_AT": str(PAUSE_AT),
+        "KILN_TEST_PAUSE_FILE": str(marker),
+    }
     log = (tmp_path / "run.log").open("w")
-    child = subprocess.Popen([sys.executable, "-m", "kiln.cli", "run", str(path), "--store", str(killed)],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli", "run", str(path), "--store", str(killed)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 180
     while not marker.exists():
         assert child.poll() is None, (tmp_path / "run.log").read_text()
@@ -87,8 +98,9 @@ def test_resume_after_sigkill_mid_train_equals_an_uninterrupted_execution(
     assert [s["status"] for s in resumed_steps] == ["finished"] * 6
     for mine, theirs in zip(resumed_steps[2:], straight_steps[2:], strict=True):  # evaluate, gate, register, promote
         ids = ("run_id", "incumbent")
-        assert {k: v for k, v in mine["outputs"].items() if k not in ids} == \
-            {k: v for k, v in theirs["outputs"].items() if k not in ids}
+        assert {k: v for k, v in mine["outputs"].items() if k not in ids} == {
+            k: v for k, v in theirs["outputs"].items() if k not in ids
+        }
     assert store.metrics(train.id) == other.metrics(executions(other, "train")[0].id)  # every epoch, bit for bit
     mine_version, their_version = store.version("digits@production"), other.version("digits@production")
     assert mine_version.version == their_version.version == 1
@@ -102,8 +114,9 @@ def test_resume_refuses_a_changed_pipeline_and_starts_fresh_when_nothing_stopped
 ) -> None:
     write_job()
     path = tmp_path / "pipeline.toml"
-    path.write_text(pipeline_text("release", [RELEASE[0], {"kind": "gate", "check": "val_accuracy > 0.99",
-                                                           "metrics": "train"}]))
+    path.write_text(
+        pipeline_text("release", [RELEASE[0], {"kind": "gate", "check": "val_accuracy > 0.99", "metrics": "train"}])
+    )
     store = tmp_path / "store"
     assert main(["run", str(path), "--store", str(store)]) == 1  # the threshold is out of reach
     assert "not promoted: " in capsys.readouterr().err
