@@ -128,3 +128,17 @@ def test_gc_dry_run_reports_what_gc_then_frees(store: Store, tmp_path: Path) -> 
     assert bytes(store.read(live, "w.bin")) == b"live weights" and store.verify().ok
     with pytest.raises(ConfigError, match="grace_seconds must be a number >= 0"):
         store.gc(grace_seconds=-1)
+
+
+def test_gc_refuses_a_blob_directory_two_stores_share(tmp_path: Path) -> None:
+    from kiln.errors import StoreError
+
+    shared = tmp_path / "shared"
+    with Store(tmp_path / "a", blobs=shared) as first, Store(tmp_path / "b", blobs=shared) as second:
+        (tmp_path / "w.bin").write_bytes(b"only the first store references me")
+        first.register("m", {"w.bin": tmp_path / "w.bin"})
+        assert second.gc(grace_seconds=0, dry_run=True).blobs == 1  # what it would wrongly remove
+        with pytest.raises(StoreError, match=r"is used by 2 stores .* its own --blobs directory"):
+            second.gc(grace_seconds=0)
+        assert first.verify().ok
+        assert first.blobs.owners() == sorted([str(tmp_path / "a"), str(tmp_path / "b")])

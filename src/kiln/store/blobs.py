@@ -325,6 +325,28 @@ class BlobStore:
                     directory.mkdir()
                 fsync_directory(directory.parent)
 
+    def claim(self, owner: str) -> None:
+        """Record that the store ``owner`` (its directory, or its URL without password) keeps its blobs here.
+
+        ``gc`` refuses a directory that several stores claim: each would remove the blobs only the others reference.
+        A directory that cannot be written (read-only media) is left as it is.
+        """
+        path = self.directory / "stores" / hashlib.sha256(owner.encode()).hexdigest()[:16]
+        if path.exists():
+            return
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(owner + "\n")
+            os.replace(temporary, path)
+
+    def owners(self) -> list[str]:
+        """Every store that has claimed this directory (see :meth:`claim`)."""
+        folder = self.directory / "stores"
+        if not folder.is_dir():
+            return []
+        return sorted(p.read_text().strip() for p in folder.iterdir() if p.is_file() and "." not in p.name)
+
     def exists(self, blob: Blob) -> bool:
         try:
             return self.path(blob.sha256).stat().st_size == blob.size

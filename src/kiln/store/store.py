@@ -102,6 +102,7 @@ class Store:
         try:
             open_schema(self.database, where=where, create=create, auto_upgrade=self.location.embedded)
             self.blobs.create()
+            self.blobs.claim(where)
         except BaseException:
             self.database.close()
             raise
@@ -420,6 +421,13 @@ class Store:
         if isinstance(grace_seconds, bool) or not isinstance(grace_seconds, int | float) or not grace_seconds >= 0:
             raise ConfigError(f"grace_seconds must be a number >= 0 (e.g. 3600); got {grace_seconds!r}.")
         cutoff = time.time() - grace_seconds
+        owners = self.blobs.owners()
+        if len(owners) > 1 and not dry_run:
+            raise StoreError(
+                f"the blob directory {self.blobs.directory} is used by {len(owners)} stores ({', '.join(owners)}); gc "
+                "would remove the blobs only the others reference. Give each store its own --blobs directory; if "
+                f"these name one store reached two ways, remove the stale entries from {self.blobs.directory}/stores."
+            )
 
         def sweep(connection: Connection) -> list[int]:
             if not dry_run:
