@@ -67,5 +67,11 @@ def test_the_password_is_masked_everywhere_it_is_shown(monkeypatch: pytest.Monke
     assert found.secrets() == ["hunter2"]
     in_query = locate("postgresql://kiln@db.lab/kiln?password=hunter2")
     assert "hunter2" not in in_query.describe() and in_query.secrets() == ["hunter2"]
+    assert found.identity() == "postgresql+psycopg://kiln@db.lab:5432/kiln?sslmode=require"  # what gc compares
+    assert (
+        in_query.identity()
+        == locate("postgresql://kiln@db.lab/kiln").identity()
+        == "postgresql+psycopg://kiln@db.lab/kiln"
+    )
     monkeypatch.setenv("KILN_STORE", "postgresql://kiln:hunter2@db.lab/kiln")
     assert "hunter2" not in describe_store() and "kiln:***@db.lab" in describe_store()

@@ -80,6 +80,14 @@ class StoreLocation:
         """What to show a person: the directory, or the URL with its password masked."""
         return str(self.directory) if self.directory is not None else mask_url(self.url)
 
+    def identity(self) -> str:
+        """Which store this is, whatever credentials reach it: the directory, or the URL without a password."""
+        if self.directory is not None:
+            return str(self.directory)
+        url = self.url.difference_update_query(["password"])
+        parts = (url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+        return sa.engine.URL.create(*parts).render_as_string()  # URL.set() cannot unset a part
+
     def secrets(self) -> list[str]:
         """Strings that must never be shown (the password), for scrubbing error text."""
         found = [self.url.password, self.url.query.get("password")]

@@ -102,7 +102,7 @@ class Store:
         try:
             open_schema(self.database, where=where, create=create, auto_upgrade=self.location.embedded)
             self.blobs.create()
-            self.blobs.claim(where)
+            self.blobs.claim(self.location.identity())
         except BaseException:
             self.database.close()
             raise
