@@ -91,8 +91,9 @@ class LRFinderResult:
         axes.set_xscale("log")
         axes.set_xlabel("learning rate")
         axes.set_ylabel("loss")
-        low, high = min(self.smoothed), max(self.smoothed[0], min(self.smoothed) * 4)
-        axes.set_ylim(low - 0.05 * (high - low), high + 0.1 * (high - low))
+        finite = [v for v in (*self.losses, *self.smoothed) if math.isfinite(v)]
+        low, high = min(finite), self.smoothed[0] * 1.3  # the descent fills the plot; the blow-up leaves it
+        axes.set_ylim(low - 0.05 * (high - low), high)
         axes.legend(loc="upper left", fontsize="small")
         axes.set_title("learning-rate range test" + (" (stopped: diverged)" if self.diverged else ""))
         figure.tight_layout()

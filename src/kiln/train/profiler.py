@@ -300,7 +300,7 @@ class Profiler(Callback):
 def _top_operators(prof: Any, top: int, *, cuda: bool) -> list[tuple[str, int, float, float]]:
     """The ``top`` operators by self time (device time on CUDA): (name, calls, self ms, share of the total)."""
     attribute = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep#")]
+    events = [e for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
     total = sum(getattr(e, attribute) for e in events) or 1.0
     ranked = sorted(events, key=lambda e: getattr(e, attribute), reverse=True)[:top]
     return [(e.key, int(e.count), getattr(e, attribute) / 1000, getattr(e, attribute) / total) for e in ranked]
