@@ -1,4 +1,8 @@
-"""kiln.store.views and kiln.store.series: the dashboard's read queries, on a real SQLite store."""
+"""kiln.store.views and kiln.store.series: the dashboard's read queries, on SQLite and on a real PostgreSQL server.
+
+Every test runs on both backends (the store tests' throwaway PostgreSQL 15 cluster, tests/store/postgres.py):
+the queries are SQLAlchemy Core and must mean the same on each.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +18,17 @@ from kiln.store import Store
 from kiln.store.schema import runs
 from kiln.store.series import SeriesCache
 from kiln.store.views import RunQuery, metric_keys, run_page, run_state, run_versions
+from store import conftest as store_tests  # tests/store: the backend fixtures and the PostgreSQL cluster
+
+BACKENDS = ("sqlite", "postgresql")  # read by the store tests' pytest_generate_tests, used below
+backend = store_tests.backend
+postgres_cluster = store_tests.postgres_cluster
+pytest_generate_tests = store_tests.pytest_generate_tests
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "store")
+def store(backend: store_tests.Backend) -> Store:
+    return backend.open()
 
 
 def _run(store: Store, name: str, values: dict[str, list[float]], *, tags: dict[str, str] | None = None) -> str:
@@ -168,3 +178,16 @@ def test_a_resumed_run_is_read_again(store: Store) -> None:
     resumed.flush()
     assert min(v for v in cache.series(run_id, "loss").value if v is not None) == -5.0
     resumed.finish()
+
+
+def test_the_app_reads_either_backend(store: Store) -> None:
+    from kiln.ui import UiConfig, create_app
+
+    from .conftest import Client
+
+    run_id = _run(store, "r", {"loss": [1.0, 0.5], "val_loss": [1.2, 0.7]}, tags={"team": "x"})
+    client = Client(create_app(UiConfig(), store=store))
+    assert client.get("/api/runs", params={"tag": "team=x", "sort": "metric:loss"}).json()["total"] == 1
+    assert client.get(f"/runs/{run_id}").status_code == 200
+    series = client.get(f"/api/runs/{run_id}/series").json()["series"]
+    assert series["val_loss"]["value"] == [1.2, 0.7]

@@ -72,7 +72,7 @@ def create_app(config: UiConfig, *, store: Store | None = None) -> Starlette:
         >>> app = create_app(UiConfig(store=".kiln"))
         >>> uvicorn.run(app, host="127.0.0.1", port=8765)
     """
-    opened = store if store is not None else Store(config.store, create=False)
+    opened = store if store is not None else Store(config.store, create=False, blobs=config.blobs)
     guard = Guard(config)
     ui = Ui(config=config, store=opened, guard=guard, series=SeriesCache(opened),
             runtimes=RuntimeCache(opened, threads=config.threads), env=environment())  # fmt: skip

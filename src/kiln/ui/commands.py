@@ -15,7 +15,8 @@ def _ui(args: argparse.Namespace) -> int:
     from .config import UiConfig, token_from_env
 
     token = token_from_env(args.token_env) if args.token_env else None
-    config = UiConfig(store=args.store, host=args.host, port=args.port, token=token, allow_writes=args.allow_writes)
+    config = UiConfig(store=args.store, blobs=args.blobs, host=args.host, port=args.port, token=token,
+                      allow_writes=args.allow_writes)  # fmt: skip
     from .server import serve_ui
 
     logging.basicConfig(level=logging.WARNING, format="kiln ui: %(levelname)s %(name)s: %(message)s")
@@ -40,8 +41,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "Binds 127.0.0.1 unless given a token; read-only unless --allow-writes (which needs a token too).",
     )
     parser.add_argument(
-        "--store", metavar="PATH", default=None, help="the store directory (default: $KILN_HOME, else ./.kiln)"
-    )
+        "--store", metavar="PATH|URL", default=None,
+        help="the store: a directory or a database URL, postgresql://USER@HOST/DB (default: $KILN_STORE, else "
+        "$KILN_HOME, else ./.kiln)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--blobs", metavar="PATH", default=None,
+        help="the blob directory of a database store (default: $KILN_BLOBS, else $KILN_HOME/blobs)",
+    )  # fmt: skip
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     parser.add_argument("--token-env", metavar="NAME", help="read the access token from this environment variable")

@@ -34,7 +34,8 @@ class UiConfig:
         >>> UiConfig(store=".kiln", host="0.0.0.0", port=8765, token=os.environ["KILN_TOKEN"])
     """
 
-    store: str | os.PathLike[str] | None = None
+    store: str | os.PathLike[str] | None = None  # a directory or a database URL (postgresql://...)
+    blobs: str | os.PathLike[str] | None = None  # a database store's blob directory (default: $KILN_BLOBS, ...)
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
