@@ -1,8 +1,10 @@
 """kiln.store: tracked runs and a versioned, integrity-checked model registry. Never imports torch.
 
 One directory (``./.kiln``, ``$KILN_HOME`` or ``Store(path)``) holds an SQLite database (runs, metrics, models,
-versions, aliases, lineage) and content-addressed blobs (``blobs/sha256/ab/cd/<sha256>``). References name
-versions everywhere: ``digits`` (newest), ``digits@3``, ``digits@production``.
+versions, aliases, lineage) and content-addressed blobs (``blobs/sha256/ab/cd/<sha256>``); a team keeps the same
+tables in PostgreSQL instead (``Store("postgresql://user@host/db", blobs="/shared/blobs")``, ``$KILN_STORE``), with
+the blobs on a filesystem every machine shares. References name versions everywhere: ``digits`` (newest),
+``digits@3``, ``digits@production``.
 
 Example:
     >>> from kiln.store import Store
