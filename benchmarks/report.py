@@ -40,6 +40,7 @@ QUESTIONS = (
     "distributed_scaling",
     "kernels",
     "ui_bench",
+    "tune_bench",
 )
 NOTES = HERE / "NOTES.md"
 RESULTS_MD = HERE / "RESULTS.md"
