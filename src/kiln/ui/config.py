@@ -72,5 +72,9 @@ class UiConfig:
 
     @property
     def url(self) -> str:
+        return self.url_for(self.port)
+
+    def url_for(self, port: int) -> str:
+        """The address to open in a browser when the server listens on ``port`` (all interfaces: loopback's)."""
         host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{self.port}/"
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}/"

@@ -42,7 +42,7 @@ def serve_ui(config: UiConfig, *, on_ready: Callable[[str], None] | None = None)
 
     app = create_app(config)  # opens the store first: a wrong --store fails before anything listens
     sock = bind(config.host, config.port)
-    url = config.url if config.port else f"http://{config.host}:{sock.getsockname()[1]}/"
+    url = config.url_for(sock.getsockname()[1])
     settings = uvicorn.Config(
         app, lifespan="off", log_level="warning", access_log=False, server_header=False,
         http=guarded_protocol(10.0, max_connections=256, max_connections_per_client=64),
