@@ -25,6 +25,7 @@ epoch, and registers the best remedy. Run it with:
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,6 +101,9 @@ def main() -> None:
     train, val = train.split(0.9, seed=args.seed)
     probe_x, probe_y = train.x[:256], train.y[:256]  # the batch the gradient norms are measured on
     store = kiln.store.Store()
+    # The doctor's findings are kept in history.diagnostics and printed below, one of a kind per variant; the
+    # handler stops its logger from printing every one of them a second time on stderr.
+    logging.getLogger("kiln.doctor").addHandler(logging.NullHandler())
 
     results: dict[str, dict] = {}
     for variant in args.variants.split(","):
@@ -122,8 +126,10 @@ def main() -> None:
             print(f"diverged: {error}")
             accuracy = float("nan")
         history = model.history
-        for finding in history.diagnostics:  # dead ReLU findings come one per layer pair: show the first
-            if finding.kind != "dead_relu" or finding is next(f for f in history.diagnostics if f.kind == "dead_relu"):
+        shown = set()
+        for finding in history.diagnostics:  # the first finding of each kind (dead ReLUs come one per layer)
+            if finding.kind not in shown:
+                shown.add(finding.kind)
                 print(finding)
         curve = history.history.get("val_accuracy", [])  # empty when the first epoch diverged
         results[variant] = {"model": model, "accuracy": accuracy, "norms": norms, "val_accuracy": curve,

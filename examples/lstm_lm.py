@@ -148,7 +148,8 @@ def main() -> None:
     preprocessing = {"vocabulary": vocabulary.state_dict(), "window": WINDOW,
                      "input": f"the last {WINDOW} characters as ids, left-padded with spaces"}  # fmt: skip
     example = torch.tensor([window(vocabulary, "kiln serve ")])
-    version = model.register(NAME, example_input=example, preprocessing=preprocessing,
+    config = {"vocabulary": len(vocabulary), "hidden": args.hidden, "layers": args.layers}  # rebuilds CharLSTM
+    version = model.register(NAME, example_input=example, preprocessing=preprocessing, config=config,
                              metrics={"perplexity": score, "unigram_perplexity": unigram},
                              description="character LSTM trained with TBPTT on kiln's docs")  # fmt: skip
     kiln.store.Store().promote(NAME, version.version, "production")
