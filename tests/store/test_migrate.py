@@ -44,7 +44,7 @@ def test_a_kiln_0_1_store_opens_upgraded_with_nothing_lost(tmp_path: Path) -> No
     assert sum(len(rows) for rows in before.values()) > 20
     with Store(root, create=False) as store:
         assert store.database.read(schema_state).revision == HEAD
-        runs = {r.name: r for r in store.runs()}
+        runs = {r.name: r for r in store.runs(stale_after=1e12)}  # "remote" was logged on another machine, long ago
         assert {n: r.status for n, r in runs.items()} == {"digits-mlp": "finished", "digits-cnn": "failed",
                                                           "remote": "running"}  # fmt: skip
         mlp = store.run(runs["digits-mlp"].id)
@@ -97,7 +97,9 @@ def test_a_schema_1_store_is_upgraded_once_by_racing_openers(tmp_path: Path) -> 
     assert remote_heartbeat == last_metric.get(remote_id, remote_heartbeat) and remote_heartbeat is not None
     assert rows["digits-mlp"][1] is None and rows["digits-cnn"][1] is None
     with Store(root) as store:
-        assert store.run(remote_id).status == "running"  # no process record: judged by its heartbeat only
+        # No process record: judged by its heartbeat only, which is as old as the fixture.
+        assert store.run(remote_id, stale_after=1e12).status == "running"
+        assert store.run(remote_id, stale_after=1).status == "stale"
 
 
 def _set_revision(store: Store, revision: str | None, legacy: int) -> None:
