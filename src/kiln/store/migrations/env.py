@@ -1,6 +1,8 @@
-"""Alembic's environment for developers writing a revision (kiln itself runs migrations through kiln.store.migrate).
+"""Alembic's environment for developers writing a revision; kiln runs migrations itself (kiln.store.migrate).
 
-    alembic -c src/kiln/store/migrations/alembic.ini -x store=PATH_OR_URL revision --autogenerate -m "what changes"
+Example (from the repository root; PATH_OR_URL is a store at the current head)::
+
+    alembic -c src/kiln/store/migrations/alembic.ini -x store=PATH_OR_URL revision --autogenerate --rev-id 0002 -m "..."
 """
 
 from __future__ import annotations
