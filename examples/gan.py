@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -127,8 +127,7 @@ def main() -> None:
     version = register_module(generator, NAME, store=store, example_input=noise, run_id=gan.run_id,
                               metrics={"modes": modes, "high_quality": share},
                               description="GAN generator, eight Gaussians: noise (8) in, a 2-D point out")  # fmt: skip
-    store.promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {gan.run_id}) and promoted it to production")
+    promote(version, gan.run_id)
     show_commands(f"{NAME}@production", {"inputs": noise.numpy()}, Path("gan_noise.json"),
                   note=f"the request holds {NOISE} standard-normal numbers; the answer is a 2-D point")  # fmt: skip
     if args.no_serve:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -150,8 +150,7 @@ def main() -> None:
     print(f"test accuracy {results[best]['accuracy']:.4f} ({best}, the best variant)")
     version = model.register(NAME, preprocessing={"divide_by": 16.0},
                              description=f"{args.depth}-layer MLP on digits, remedy: {best}")  # fmt: skip
-    store.promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
     show_commands(f"{NAME}@production", {"inputs": test.x[:1].numpy()}, Path("digits.json"),
                   note="the request holds one digit's 64 pixels divided by 16")  # fmt: skip
     if not args.no_serve:

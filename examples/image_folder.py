@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -153,8 +153,7 @@ def main() -> None:
         example_input=test.x[:1],
         description="small CNN on PNG shapes read through ImageFolder, with augmentation",
     )
-    kiln.store.Store().promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
 
     files = [path for path, _ in test_folder.samples]
     one = test_folder.load(files[0])[None].numpy()  # (1, 3, 32, 32): what a client sends for one PNG file

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -150,8 +150,7 @@ def main() -> None:
         example_input=test.x[:1],
         description=f"keyword spotting on {source} recordings; waveform in, log-mel inside",
     )
-    kiln.store.Store().promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
 
     files = [path for path, _ in test_folder.samples]
     show_commands(

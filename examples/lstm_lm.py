@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -152,8 +152,7 @@ def main() -> None:
     version = model.register(NAME, example_input=example, preprocessing=preprocessing, config=config,
                              metrics={"perplexity": score, "unigram_perplexity": unigram},
                              description="character LSTM trained with TBPTT on kiln's docs")  # fmt: skip
-    kiln.store.Store().promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
     show_commands(f"{NAME}@production", {"inputs": example.numpy()}, Path("docs_lm.json"),
                   note="the request holds the ids of 'kiln serve ' in a 64-character window")  # fmt: skip
     if args.no_serve:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+import kiln.store
 from kiln.serve import Client
 
 
@@ -55,6 +56,13 @@ def served(reference: str, *, timeout: float = 120.0) -> Iterator[Client]:
             if server.poll() is None:
                 server.terminate()  # SIGTERM: the server drains in-flight requests and exits 0
             server.wait(timeout=60)
+
+
+def promote(version: Any, run_id: str | None) -> str:
+    """Point ``NAME@production`` at a just-registered ``version`` and say so; returns ``"NAME@production"``."""
+    kiln.store.Store().promote(version.name, version.version, "production")  # $KILN_HOME or ./.kiln, as the Model's
+    print(f"registered {version.reference} (run {run_id}) and promoted it to production")
+    return f"{version.name}@production"
 
 
 def show_commands(reference: str, request: dict[str, Any], path: Path, *, note: str = "") -> None:

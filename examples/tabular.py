@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
@@ -114,8 +114,7 @@ def main() -> None:
         example_input=Normalize(mean, std)(test.x[:1]),
         description="MLP on scikit-learn's breast-cancer table (standardised features)",
     )
-    kiln.store.Store().promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
 
     raw = test.x.numpy()  # (N, 30): measurements as they are in the CSV, not standardised
     show_commands(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving import served, show_commands
+from serving import promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -125,8 +125,7 @@ def main() -> None:
         example_input=test.x[:1],
         description="embedding bag on a generated topic corpus; vocabulary in preprocessing",
     )
-    kiln.store.Store().promote(NAME, version.version, "production")
-    print(f"registered {version.reference} (run {model.run_id}) and promoted it to production")
+    promote(version, model.run_id)
 
     texts = ["the striker scored a late goal and the fans went wild", "expect heavy rain and strong wind tonight",
              "melt the butter in a pan then add the garlic", "the laptop needs a software update"]  # fmt: skip
