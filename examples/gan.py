@@ -86,8 +86,8 @@ def plot(real: torch.Tensor, fake: torch.Tensor, path: Path, title: str) -> None
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 5))
-    axis.scatter(*real.T, s=4, alpha=0.4, label="real")
-    axis.scatter(*fake.T, s=4, alpha=0.4, label="generated")
+    axis.scatter(real[:, 0], real[:, 1], s=4, alpha=0.4, label="real")
+    axis.scatter(fake[:, 0], fake[:, 1], s=4, alpha=0.4, label="generated")
     axis.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", title=title)
     axis.legend(loc="upper right", markerscale=3)
     figure.tight_layout()

@@ -80,7 +80,8 @@ def gradient_norms(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[flo
     """The gradient norm of every Linear layer's weight, input to output, for one batch."""
     net.zero_grad()
     nn.functional.cross_entropy(net(x), y).backward()
-    norms = [float(m.weight.grad.norm()) for m in net.modules() if isinstance(m, nn.Linear)]
+    grads = [m.weight.grad for m in net.modules() if isinstance(m, nn.Linear)]
+    norms = [float(g.norm()) if g is not None else 0.0 for g in grads]
     net.zero_grad()
     return norms
 

@@ -41,9 +41,9 @@ SIZE = 32
 
 def polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     """The corners of a square, triangle or cross of radius ``r`` around (cx, cy), rotated by ``angle``."""
+    points: list[tuple[float, float]]
     if kind == "square":
-        points = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
-        points = [(x * 0.75, y * 0.75) for x, y in points]
+        points = [(0.75, 0.75), (-0.75, 0.75), (-0.75, -0.75), (0.75, -0.75)]
     elif kind == "triangle":
         points = [(math.cos(a), math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
     else:  # a plus sign with arms 0.3 r wide
