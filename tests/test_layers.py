@@ -184,6 +184,14 @@ def test_the_servers_onnx_path_starts_without_torch() -> None:
     assert done.stdout.strip() == "False"
 
 
+def test_the_command_line_parser_imports_no_torch() -> None:
+    """`kiln --help` stays instant: building every verb's parser (the subsystems' commands modules included) imports
+    neither torch nor Optuna; handlers import what they need when they run."""
+    code = "import sys, kiln.cli; kiln.cli.build_parser(); print(sorted({'torch', 'optuna'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_allowed_upward_edges_still_exist() -> None:
     """An allowance whose import is gone must be removed, so the list never hides a new one."""
     edges = graph()

@@ -14,13 +14,30 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .results import Study, list_studies, load_study
-from .space import parse_space, read_space
-from .study import tune
-from .summary import StudySummary, TrialSummary
-from .trial import PruningCallback
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the real names, for type checkers; at run time they are imported on first use
+    from .results import Study, list_studies, load_study
+    from .space import parse_space, read_space
+    from .study import tune
+    from .summary import StudySummary, TrialSummary
+    from .trial import PruningCallback
+
+# Imported on first use: `kiln --help` imports kiln.tune.commands, which runs this file first, and must not pay for
+# torch or Optuna.
+_EXPORTS = {
+    "PruningCallback": "kiln.tune.trial",
+    "Study": "kiln.tune.results",
+    "StudySummary": "kiln.tune.summary",
+    "TrialSummary": "kiln.tune.summary",
+    "list_studies": "kiln.tune.results",
+    "load_study": "kiln.tune.results",
+    "parse_space": "kiln.tune.space",
+    "read_space": "kiln.tune.space",
+    "tune": "kiln.tune.study",
+}
 
 __all__ = [
     "PruningCallback",
@@ -34,12 +51,16 @@ __all__ = [
     "tune",
 ]
 
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
 
 class _CallableModule(types.ModuleType):
     """``kiln.tune`` is both this package and the function: importing a package binds its name on the parent
     package (``kiln.tune`` = the module), which would shadow a function of that name, so the module calls it."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Study:
+        from .study import tune
+
         return tune(*args, **kwargs)
 
 
