@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["ServeConfig", "default_threads", "is_loopback"]
+__all__ = ["MIN_TOKEN", "ServeConfig", "check_token", "default_threads", "is_loopback"]
 
 
 def is_loopback(host: str) -> bool:
@@ -19,6 +19,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+MIN_TOKEN = 16
+
+
+def check_token(token: object) -> str:
+    """``token`` when it can be a bearer token (16+ printable ASCII characters, no spaces); ConfigError otherwise.
+
+    The servers (``kiln serve``, ``kiln ui``) both check their tokens here.
+    """
+    if not isinstance(token, str) or len(token) < MIN_TOKEN:
+        raise ConfigError(f"token must be a string of at least {MIN_TOKEN} characters (e.g. `openssl rand -hex 24`).")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError("token must be printable ASCII without spaces (it travels in an HTTP header).")
+    return token
 
 
 def default_threads(workers: int) -> int:
@@ -104,10 +119,7 @@ class ServeConfig:
         if self.follow is not None and not isinstance(self.follow, bool):
             raise ConfigError(f"follow must be True, False or None (follow alias references); got {self.follow!r}.")
         if self.token is not None:
-            if not isinstance(self.token, str) or len(self.token) < 16:
-                raise ConfigError("token must be a string of at least 16 characters (e.g. `openssl rand -hex 24`).")
-            if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
-                raise ConfigError("token must be printable ASCII without spaces (it travels in an HTTP header).")
+            check_token(self.token)
         if not is_loopback(self.host) and self.token is None:
             raise ConfigError(
                 f"refusing to bind {self.host!r} without an auth token: anyone who can reach this address could "

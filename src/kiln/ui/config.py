@@ -6,11 +6,9 @@ import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..serve.config import is_loopback
+from ..serve.config import check_token, is_loopback
 
 __all__ = ["UiConfig", "token_from_env"]
-
-MIN_TOKEN = 16
 
 
 def token_from_env(name: str) -> str:
@@ -46,12 +44,7 @@ class UiConfig:
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be an integer in 0..65535; got {self.port!r}.")
         if self.token is not None:
-            if not isinstance(self.token, str) or len(self.token) < MIN_TOKEN:
-                raise ConfigError(
-                    f"token must be a string of at least {MIN_TOKEN} characters (`openssl rand -hex 24`)."
-                )
-            if not self.token.isascii() or not self.token.isprintable() or " " in self.token:
-                raise ConfigError("token must be printable ASCII without spaces (it travels in an HTTP header).")
+            check_token(self.token)
         if not is_loopback(self.host) and self.token is None:
             raise ConfigError(
                 f"refusing to bind {self.host!r} without a token: anyone who can reach this address could read your "
