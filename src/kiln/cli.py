@@ -13,8 +13,14 @@ from importlib import import_module
 from typing import Any
 
 from . import __version__
+from ._cli_options import store_options, trust_option
 
 Handler = Callable[[argparse.Namespace], int]
+
+_PACKAGE_TRUST = (
+    "a package names a factory that kiln imports only when trusted: kiln's own, a kiln.factories entry point, or "
+    "--trust"
+)
 
 # Subsystems that bring their own verbs: each module has ``add_commands(sub)``, registering parsers whose handlers
 # import the subsystem lazily (the module itself imports only argparse, so `kiln --help` stays instant).
@@ -53,37 +59,6 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("info", help="show kiln and torch versions and the device kiln would train on")
     _json_option(parser)
     parser.set_defaults(handler=_info)
-
-
-class _BlobsAction(argparse.Action):
-    """``--blobs PATH``: also exported as KILN_BLOBS, so verbs that open the store deeper down see it too."""
-
-    def __call__(self, parser: Any, namespace: argparse.Namespace, values: Any, option: str | None = None) -> None:
-        import os
-
-        os.environ["KILN_BLOBS"] = str(values)
-        setattr(namespace, self.dest, values)
-
-
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", metavar="PATH|URL", default=None,
-        help="the store: a directory (the embedded store) or a database URL, postgresql://USER@HOST/DB (default: "
-        "$KILN_STORE, else $KILN_HOME, else ./.kiln)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--blobs", metavar="PATH", default=None, action=_BlobsAction,
-        help="the blob directory of a database store, shared by every machine (default: $KILN_BLOBS, else "
-        "$KILN_HOME/blobs, else ./.kiln/blobs)",
-    )  # fmt: skip
-
-
-def _trust_option(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--trust", action="append", default=[], metavar="MODULE",
-        help=f"trust the factory code of MODULE and its submodules {what} (repeatable; a package names a factory "
-        "that kiln imports only when trusted: kiln's own, a 'kiln.factories' entry point, or --trust)",
-    )  # fmt: skip
 
 
 def _print_trust(store: Any, versions: Any, trust: Sequence[str]) -> bool:
@@ -150,7 +125,7 @@ def _add_runs(sub: argparse._SubParsersAction) -> None:
     show = runs.add_parser("show", help="params, system info, latest metrics and artifacts of one run")
     show.add_argument("run_id", help="a run id or a unique prefix of one")
     for parser, handler in ((listing, _runs_list), (show, _runs_show)):
-        _store_option(parser)
+        store_options(parser)
         _json_option(parser)
         parser.set_defaults(handler=handler)
 
@@ -260,7 +235,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     verify.add_argument("reference", nargs="?", default=None, help="a model or version (default: the whole store)")
     verify.add_argument("--strict", action="store_true", help="also exit 1 when a version's factory is untrusted")
     for parser in (show, verify):
-        _trust_option(parser, "when judging each version's factory")
+        trust_option(parser, f"{_PACKAGE_TRUST}; it judges each version's factory")
     for parser in (listing, show, verify):
         _json_option(parser)
     delete = actions.add_parser("delete", help="delete a version (NAME@VERSION) or, with --all, a whole model")
@@ -275,7 +250,7 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
         (delete, _models_delete),
     )
     for parser, handler in handlers:
-        _store_option(parser)
+        store_options(parser)
         parser.set_defaults(handler=handler)
 
 
@@ -329,7 +304,7 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
         "process is writing to the store",
     )
     gc.add_argument("--dry-run", action="store_true", help="remove nothing; print what would be freed")
-    _store_option(gc)
+    store_options(gc)
     gc.set_defaults(handler=_store_gc)
     migrate = actions.add_parser(
         "migrate",
@@ -338,7 +313,7 @@ def _add_store(sub: argparse._SubParsersAction) -> None:
         "tables in an empty database, upgrades an older store (nothing is lost). A PostgreSQL store is only "
         "upgraded by this command; every kiln that uses it must then be this version or newer.",
     )
-    _store_option(migrate)
+    store_options(migrate)
     migrate.set_defaults(handler=_store_migrate)
     copy = actions.add_parser(
         "copy",
@@ -404,7 +379,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "through a dynamic batcher. Binds 127.0.0.1 unless given a token.",
     )
     parser.add_argument("reference", help="digits, digits@3 or digits@production")
-    _store_option(parser)
+    store_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the port (default 1)")
@@ -436,7 +411,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
                         help="how often a following server reads the alias from the store (default 5)")  # fmt: skip
     parser.add_argument("--no-access-log", action="store_true", help="do not write JSON access log lines")
-    _trust_option(parser, "(with the torch runtime; also KILN_TRUST=a,b)")
+    trust_option(parser, f"{_PACKAGE_TRUST}; it matters with the torch runtime")
     _token_options(parser)
     parser.set_defaults(handler=_serve)
 
@@ -486,8 +461,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     parser.add_argument("--local", action="store_true", help="load the model from the store instead of a server")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="with --local")
-    _trust_option(parser, "(with --local; also KILN_TRUST=a,b)")
-    _store_option(parser)
+    trust_option(parser, f"{_PACKAGE_TRUST}; it matters with --local")
+    store_options(parser)
     _token_options(parser)
     parser.set_defaults(handler=_predict)
 

@@ -11,13 +11,9 @@ import argparse
 import sys
 from typing import Any
 
+from .._cli_options import store_options, trust_option
+
 __all__ = ["add_commands"]
-
-
-def _store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store", metavar="PATH", default=None, help="the store directory (default: $KILN_HOME, else ./.kiln)"
-    )
 
 
 def _short(metrics: dict[str, float], limit: int = 6) -> str:
@@ -110,14 +106,6 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     raise AssertionError(f"the {parser.prog!r} verb has no actions to extend")
 
 
-def _trust_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--trust", action="append", default=[], metavar="MODULE",
-        help="trust the factory code of MODULE and its submodules (repeatable; also KILN_TRUST=a,b): a recorded "
-        "config is data, so the factories it names are imported only when trusted",
-    )  # fmt: skip
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "train",
@@ -130,7 +118,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("config", help="the job's TOML file")
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
                         help="override a value, e.g. fit.epochs=20 model.lr=3e-4")  # fmt: skip
-    _store_option(parser)
+    store_options(parser)
     parser.set_defaults(handler=_train)
 
 
@@ -144,8 +132,8 @@ def _add_rerun(runs: argparse._SubParsersAction) -> None:
     parser.add_argument("run_id", help="a run id or a unique prefix of one")
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="override recorded values")
     parser.add_argument("--register", action="store_true", help="also register (and promote) as the job says")
-    _trust_option(parser)
-    _store_option(parser)
+    trust_option(parser, "a recorded config is data, so the factories it names are imported only when trusted")
+    store_options(parser)
     parser.set_defaults(handler=_rerun)
 
 
@@ -166,7 +154,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the newest execution of this pipeline if it stopped before finishing",
     )
-    _store_option(parser)
+    store_options(parser)
     parser.set_defaults(handler=_run)
 
 
@@ -178,7 +166,7 @@ def _add_pipelines(sub: argparse._SubParsersAction) -> None:
     show = actions.add_parser("show", help="one execution's steps: status, duration, outputs, error")
     show.add_argument("run_id", help="the execution's run id or a unique prefix of one")
     for parser, handler in ((listing, _pipelines_list), (show, _pipelines_show)):
-        _store_option(parser)
+        store_options(parser)
         parser.set_defaults(handler=handler)
 
 
@@ -191,7 +179,7 @@ def _add_rollback(models: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("name", help="the model, e.g. digits")
     parser.add_argument("--alias", default="production", help="the alias to move back (default production)")
-    _store_option(parser)
+    store_options(parser)
     parser.set_defaults(handler=_rollback)
 
 

@@ -10,6 +10,8 @@ import argparse
 import sys
 from typing import Any
 
+from .._cli_options import store_options, trust_option
+
 __all__ = ["add_commands"]
 
 
@@ -106,12 +108,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         help="register the best trial as the next version of MODEL (lineage to its run)")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override the job config for every trial, as kiln train does (repeatable)")  # fmt: skip
-    parser.add_argument("--trust", action="append", default=[], metavar="MODULE",
-                        help="trust the job's factory module (as kiln train --trust)")  # fmt: skip
+    trust_option(parser, "the job's factory module, as kiln train --trust")
     parser.add_argument("--plot", metavar="DIR", default=None,
                         help="with 'show': write the optimisation history and importances as PNGs to DIR")  # fmt: skip
-    parser.add_argument("--store", metavar="PATH", default=None,
-                        help="the store directory (default: $KILN_HOME, else ./.kiln)")  # fmt: skip
+    store_options(parser)
     parser.set_defaults(handler=_tune)
 
 

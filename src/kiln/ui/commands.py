@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .._cli_options import store_options
+
 __all__ = ["add_commands"]
 
 
@@ -40,15 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Serve a dashboard of the store: runs with live curves, compare, the model gallery with Try it. "
         "Binds 127.0.0.1 unless given a token; read-only unless --allow-writes (which needs a token too).",
     )
-    parser.add_argument(
-        "--store", metavar="PATH|URL", default=None,
-        help="the store: a directory or a database URL, postgresql://USER@HOST/DB (default: $KILN_STORE, else "
-        "$KILN_HOME, else ./.kiln)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--blobs", metavar="PATH", default=None,
-        help="the blob directory of a database store (default: $KILN_BLOBS, else $KILN_HOME/blobs)",
-    )  # fmt: skip
+    store_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; others need a token)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     parser.add_argument("--token-env", metavar="NAME", help="read the access token from this environment variable")
