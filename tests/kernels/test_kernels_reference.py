@@ -65,11 +65,12 @@ def test_cross_entropy_reference_walks_rows_in_chunks(monkeypatch: pytest.Monkey
     logits = torch.randn(10, 50, dtype=torch.float64)  # (N, V)
     target = torch.randint(0, 50, (10,))
     target[4] = -100
-    loss, lse = reference.cross_entropy_forward(logits, target, -100, 0.2)
+    smoothed = reference.CrossEntropyTarget(target, ignore_index=-100, label_smoothing=0.2)
+    loss, lse = reference.cross_entropy_forward(logits, smoothed)
     expected = F.cross_entropy(logits, target, label_smoothing=0.2, reduction="none").float()
     torch.testing.assert_close(loss, expected, **TOLERANCE)
     grad_loss = torch.rand(10)  # (N,)
-    grad = reference.cross_entropy_backward(grad_loss, logits, target, lse, -100, 0.2)
+    grad = reference.cross_entropy_backward(grad_loss, logits, smoothed, lse)
     leaf = logits.clone().requires_grad_()
     (expected_grad,) = torch.autograd.grad(
         F.cross_entropy(leaf, target, label_smoothing=0.2, reduction="none"), leaf, grad_loss.double()

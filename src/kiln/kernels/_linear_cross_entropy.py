@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-CrossEntropyForward = Callable[[Tensor, Tensor, int, float], tuple[Tensor, Tensor]]
+from kiln.kernels.reference import CrossEntropyTarget
+
+CrossEntropyForward = Callable[[Tensor, CrossEntropyTarget], tuple[Tensor, Tensor]]
 CrossEntropyBackward = Callable[..., Tensor]
 Gradients = tuple[Tensor | None, Tensor | None, Tensor | None]
 
@@ -27,26 +29,21 @@ class ChunkLoss:
     """The cross-entropy of one chunk of rows against its targets: the step the driver runs on each chunk's logits.
 
     `cross_entropy_forward` and `cross_entropy_backward` are one backend's pair (`kiln.kernels.reference` or
-    `kiln.kernels.triton_cross_entropy`); `target` (N,) holds the class indices of all N rows.
+    `kiln.kernels.triton_cross_entropy`); `target` holds the targets of all N rows.
     """
 
     cross_entropy_forward: CrossEntropyForward
     cross_entropy_backward: CrossEntropyBackward
-    target: Tensor  # (N,)
-    ignore_index: int
-    label_smoothing: float
+    target: CrossEntropyTarget
 
     def forward(self, logits: Tensor, start: int) -> tuple[Tensor, Tensor]:
         """Loss (C,) and logsumexp (C,), float32, of the rows `start : start + C` given their logits (C, V)."""
-        target = self.target[start : start + logits.shape[0]]  # (C,)
-        return self.cross_entropy_forward(logits, target, self.ignore_index, self.label_smoothing)
+        return self.cross_entropy_forward(logits, self.target.rows(start, start + logits.shape[0]))
 
     def backward_(self, grad_rows: Tensor, logits: Tensor, start: int, lse: Tensor) -> Tensor:
         """Overwrites the chunk's logits (C, V) with their gradient, given the rows' upstream gradient and lse (C,)."""
-        target = self.target[start : start + logits.shape[0]]  # (C,)
-        return self.cross_entropy_backward(
-            grad_rows, logits, target, lse, self.ignore_index, self.label_smoothing, out=logits
-        )
+        target = self.target.rows(start, start + logits.shape[0])
+        return self.cross_entropy_backward(grad_rows, logits, target, lse, out=logits)
 
 
 def _chunks(
@@ -98,7 +95,7 @@ def forward(
     chunk_size: int,
     compute_grad: list[bool],
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """Loss of `input` (N, H) through `weight` (V, H) and `bias` (V,) against `chunk_loss.target` (N,).
+    """Loss of `input` (N, H) through `weight` (V, H) and `bias` (V,) against `chunk_loss.target` (N rows).
 
     Returns `(loss, lse, grad_input, grad_weight, grad_bias)`. The loss is float32: a scalar for "mean"/"sum", (N,)
     for "none"; the mean is over non-ignored rows (NaN when every row is ignored, as in torch). `lse` (N,) is kept
@@ -108,7 +105,7 @@ def forward(
     n_rows = input.shape[0]
     loss_rows = input.new_empty(n_rows, dtype=torch.float32)  # (N,)
     lse = input.new_empty(n_rows, dtype=torch.float32)  # (N,)
-    valid = chunk_loss.target != chunk_loss.ignore_index  # (N,)
+    valid = chunk_loss.target.valid()  # (N,)
     n_valid = valid.sum()
     grads: Gradients = (None, None, None)
     grad_rows = None  # (N,): the upstream gradient of each row's loss, when the gradients are computed here

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from kiln.kernels import _linear_cross_entropy, reference
 from kiln.kernels._linear_cross_entropy import ChunkLoss
+from kiln.kernels.reference import CrossEntropyTarget
 
 
 @functools.cache
@@ -62,7 +63,8 @@ def _or_none(tensor: Tensor) -> Tensor | None:
 @torch.library.custom_op("kiln::cross_entropy", mutates_args=())
 def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float) -> tuple[Tensor, Tensor]:
     """Per-row loss (N,) and logsumexp (N,), float32, of logits (N, V) against class indices (N,)."""
-    return _backend("cross_entropy", logits).cross_entropy_forward(logits, target, ignore_index, label_smoothing)
+    targets = CrossEntropyTarget(target, ignore_index, label_smoothing)
+    return _backend("cross_entropy", logits).cross_entropy_forward(logits, targets)
 
 
 @cross_entropy.register_fake
@@ -76,8 +78,8 @@ def cross_entropy_backward(
     grad_loss: Tensor, logits: Tensor, target: Tensor, lse: Tensor, ignore_index: int, label_smoothing: float
 ) -> Tensor:
     """Gradient (N, V) of `sum(grad_loss * loss)` for the logits."""
-    backend = _backend("cross_entropy", logits)
-    return backend.cross_entropy_backward(grad_loss, logits, target, lse, ignore_index, label_smoothing)
+    targets = CrossEntropyTarget(target, ignore_index, label_smoothing)
+    return _backend("cross_entropy", logits).cross_entropy_backward(grad_loss, logits, targets, lse)
 
 
 @cross_entropy_backward.register_fake
@@ -164,9 +166,8 @@ def _(*inputs: Any) -> tuple[Tensor, Tensor, Tensor]:
 def _chunk_loss(input: Tensor, target: Tensor, ignore_index: int, label_smoothing: float) -> ChunkLoss:
     """The per-chunk cross-entropy of the backend that runs on `input`'s device (reference or Triton kernels)."""
     backend = _backend("cross_entropy", input)
-    return ChunkLoss(
-        backend.cross_entropy_forward, backend.cross_entropy_backward, target, ignore_index, label_smoothing
-    )
+    targets = CrossEntropyTarget(target, ignore_index, label_smoothing)
+    return ChunkLoss(backend.cross_entropy_forward, backend.cross_entropy_backward, targets)
 
 
 def _empty_grads(

@@ -5,20 +5,23 @@ dispatcher in `kiln.kernels._ops` can pick either one by device. Inputs arrive a
 logits, `(N, H)` activations. Arithmetic happens in float32 whatever the input dtype; outputs are cast back to the
 input dtype, while per-row statistics (logsumexp, mean, rstd) and per-row losses stay float32.
 
-The cross-entropy functions walk the rows in chunks so that the float32 temporaries torch needs (`logsumexp`, `exp`)
-stay bounded instead of growing to a full-size `(N, V)` float32 copy of bfloat16 logits. The fused linear
-cross-entropy has no twin here: it is one chunked driver (`kiln.kernels._linear_cross_entropy`) over these
-cross-entropy functions or their Triton twins.
+The cross-entropy functions take their targets as one `CrossEntropyTarget`: the class indices with the two options
+that always travel with them (`ignore_index`, `label_smoothing`). They walk the rows in chunks so that the float32
+temporaries torch needs (`logsumexp`, `exp`) stay bounded instead of growing to a full-size `(N, V)` float32 copy of
+bfloat16 logits. The fused linear cross-entropy has no twin here: it is one chunked driver
+(`kiln.kernels._linear_cross_entropy`) over these cross-entropy functions or their Triton twins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "CrossEntropyTarget",
     "cross_entropy_backward",
     "cross_entropy_forward",
     "layer_norm_backward",
@@ -33,46 +36,69 @@ __all__ = [
 _CHUNK_ELEMENTS = 1 << 24
 
 
+@dataclasses.dataclass(frozen=True)
+class CrossEntropyTarget:
+    """What each row's logits are scored against: class indices and the options that go with them.
+
+    `classes` (N,) holds one class index per row; rows equal to `ignore_index` have no loss and no gradient. With
+    `label_smoothing` s the target distribution is `(1 - s)` on the class plus `s` spread evenly over all classes,
+    as in `torch.nn.CrossEntropyLoss`.
+
+    Example:
+        >>> target = CrossEntropyTarget(torch.tensor([3, -100, 1]), ignore_index=-100, label_smoothing=0.1)
+        >>> loss, lse = cross_entropy_forward(torch.randn(3, 5), target)
+    """
+
+    classes: Tensor  # (N,)
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+
+    def rows(self, start: int, end: int) -> CrossEntropyTarget:
+        """The target of rows `start:end` (a view of `classes`, the same options)."""
+        return dataclasses.replace(self, classes=self.classes[start:end])
+
+    def valid(self) -> Tensor:
+        """(N,) bool: the rows that count (their class is not `ignore_index`)."""
+        return self.classes != self.ignore_index
+
+    def gather_index(self) -> Tensor:
+        """(N,) class indices safe to gather with: ignored rows point at class 0 (their result is masked out)."""
+        return torch.where(self.valid(), self.classes, 0)
+
+
 def _row_chunks(n_rows: int, n_cols: int) -> Iterator[tuple[int, int]]:
     step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
     for start in range(0, n_rows, step):
         yield start, min(start + step, n_rows)
 
 
-def cross_entropy_forward(
-    logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float
-) -> tuple[Tensor, Tensor]:
-    """Per-row softmax cross-entropy of `logits` (N, V) against class indices `target` (N,).
+def cross_entropy_forward(logits: Tensor, target: CrossEntropyTarget) -> tuple[Tensor, Tensor]:
+    """Per-row softmax cross-entropy of `logits` (N, V) against `target` (N rows).
 
     Returns `(loss, lse)`, both (N,) float32: the per-row loss and the row's logsumexp, which the backward needs;
-    both are 0 on rows where `target == ignore_index`. With label smoothing `s` the loss is
-    `(1 - s) * nll + s * mean_j(-log p_j)`, as in `torch.nn.CrossEntropyLoss`.
+    both are 0 on ignored rows. With label smoothing `s` the loss is `(1 - s) * nll + s * mean_j(-log p_j)`, as in
+    `torch.nn.CrossEntropyLoss`.
     """
     n_rows, n_classes = logits.shape
+    smoothing = target.label_smoothing
     loss = logits.new_empty(n_rows, dtype=torch.float32)  # (N,)
     lse = logits.new_empty(n_rows, dtype=torch.float32)  # (N,)
     for start, end in _row_chunks(n_rows, n_classes):
         x = logits[start:end].float()  # (C, V)
-        rows_target = target[start:end]  # (C,)
-        valid = rows_target != ignore_index  # (C,)
+        rows_target = target.rows(start, end)
+        valid = rows_target.valid()  # (C,)
         chunk_lse = torch.logsumexp(x, dim=-1)  # (C,)
-        target_logit = x.gather(1, torch.where(valid, rows_target, 0).unsqueeze(1)).squeeze(1)  # (C,)
-        chunk_loss = chunk_lse - (1.0 - label_smoothing) * target_logit  # (C,)
-        if label_smoothing > 0.0:
-            chunk_loss = chunk_loss - label_smoothing * x.mean(dim=-1)
+        target_logit = x.gather(1, rows_target.gather_index().unsqueeze(1)).squeeze(1)  # (C,)
+        chunk_loss = chunk_lse - (1.0 - smoothing) * target_logit  # (C,)
+        if smoothing > 0.0:
+            chunk_loss = chunk_loss - smoothing * x.mean(dim=-1)
         loss[start:end] = torch.where(valid, chunk_loss, 0.0)
         lse[start:end] = torch.where(valid, chunk_lse, 0.0)
     return loss, lse
 
 
 def cross_entropy_backward(
-    grad_loss: Tensor,
-    logits: Tensor,
-    target: Tensor,
-    lse: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    out: Tensor | None = None,
+    grad_loss: Tensor, logits: Tensor, target: CrossEntropyTarget, lse: Tensor, out: Tensor | None = None
 ) -> Tensor:
     """Gradient of `sum(grad_loss * loss)` with respect to `logits` (N, V), given the forward's `lse` (N,).
 
@@ -80,16 +106,16 @@ def cross_entropy_backward(
     to `out` when given; `out` may be `logits` itself, which the fused linear cross-entropy uses to save memory.
     """
     n_rows, n_classes = logits.shape
+    smoothing = target.label_smoothing
     grad = logits.new_empty(logits.shape) if out is None else out  # (N, V), contiguous
     for start, end in _row_chunks(n_rows, n_classes):
-        rows_target = target[start:end]  # (C,)
-        valid = rows_target != ignore_index  # (C,)
+        rows_target = target.rows(start, end)
         probs = torch.exp(logits[start:end].float() - lse[start:end].unsqueeze(1))  # (C, V)
-        if label_smoothing > 0.0:
-            probs -= label_smoothing / n_classes
+        if smoothing > 0.0:
+            probs -= smoothing / n_classes
         rows = torch.arange(end - start, device=logits.device)
-        probs[rows, torch.where(valid, rows_target, 0)] -= 1.0 - label_smoothing
-        probs *= torch.where(valid, grad_loss[start:end].float(), 0.0).unsqueeze(1)
+        probs[rows, rows_target.gather_index()] -= 1.0 - smoothing
+        probs *= torch.where(rows_target.valid(), grad_loss[start:end].float(), 0.0).unsqueeze(1)
         grad[start:end] = probs
     return grad
 

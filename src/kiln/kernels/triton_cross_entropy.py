@@ -3,7 +3,7 @@
 The forward keeps a running max, a running sum of exponentials and a running sum of logits (for label smoothing)
 per row, so it reads the logits once and writes two floats per row; no softmax is ever stored. The backward
 rebuilds the probabilities from the saved logsumexp and writes the gradient, optionally over the logits themselves.
-Signatures match `kiln.kernels.reference`.
+Signatures match `kiln.kernels.reference`, targets included (`CrossEntropyTarget`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kiln.kernels._triton_utils import on_input_device, rows_contiguous
+from kiln.kernels.reference import CrossEntropyTarget
 
 __all__ = ["cross_entropy_backward", "cross_entropy_forward"]
 
@@ -91,12 +92,9 @@ def _backward_kernel(
 
 
 @on_input_device
-def cross_entropy_forward(
-    logits: Tensor, target: Tensor, ignore_index: int, label_smoothing: float
-) -> tuple[Tensor, Tensor]:
+def cross_entropy_forward(logits: Tensor, target: CrossEntropyTarget) -> tuple[Tensor, Tensor]:
     """Per-row loss (N,) and logsumexp (N,), both float32; see `kiln.kernels.reference.cross_entropy_forward`."""
     logits = rows_contiguous(logits)  # (N, V)
-    target = target.contiguous()  # (N,)
     n_rows, n_classes = logits.shape
     loss = logits.new_empty(n_rows, dtype=torch.float32)  # (N,)
     lse = logits.new_empty(n_rows, dtype=torch.float32)  # (N,)
@@ -104,12 +102,12 @@ def cross_entropy_forward(
     _forward_kernel[(n_rows,)](
         logits,
         logits.stride(0),
-        target,
+        target.classes.contiguous(),
         loss,
         lse,
         n_classes,
-        ignore_index,
-        label_smoothing,
+        target.ignore_index,
+        target.label_smoothing,
         BLOCK_SIZE=block,
         num_warps=_num_warps(block),
     )
@@ -118,13 +116,7 @@ def cross_entropy_forward(
 
 @on_input_device
 def cross_entropy_backward(
-    grad_loss: Tensor,
-    logits: Tensor,
-    target: Tensor,
-    lse: Tensor,
-    ignore_index: int,
-    label_smoothing: float,
-    out: Tensor | None = None,
+    grad_loss: Tensor, logits: Tensor, target: CrossEntropyTarget, lse: Tensor, out: Tensor | None = None
 ) -> Tensor:
     """Gradient for the logits (N, V); see `kiln.kernels.reference.cross_entropy_backward`. `out` may be `logits`."""
     logits = rows_contiguous(logits)  # (N, V)
@@ -139,13 +131,13 @@ def cross_entropy_backward(
         out.stride(0),
         logits,
         logits.stride(0),
-        target.contiguous(),
+        target.classes.contiguous(),
         lse.contiguous(),
         grad_loss,
         grad_loss.stride(0),
         n_classes,
-        ignore_index,
-        label_smoothing,
+        target.ignore_index,
+        target.label_smoothing,
         BLOCK_SIZE=block,
         num_warps=_num_warps(block),
     )

@@ -28,14 +28,15 @@ def test_kernels_match_reference(device: torch.device, label_smoothing: float, d
     from kiln.kernels import triton_cross_entropy
 
     # 20000 classes: three 8192-wide blocks per row forward, 12 x 5 programs backward.
-    logits, target = _case(device, 12, 20000, dtype)
-    loss, lse = triton_cross_entropy.cross_entropy_forward(logits, target, -100, label_smoothing)
-    expected_loss, expected_lse = reference.cross_entropy_forward(logits, target, -100, label_smoothing)
+    logits, classes = _case(device, 12, 20000, dtype)
+    target = reference.CrossEntropyTarget(classes, ignore_index=-100, label_smoothing=label_smoothing)
+    loss, lse = triton_cross_entropy.cross_entropy_forward(logits, target)
+    expected_loss, expected_lse = reference.cross_entropy_forward(logits, target)
     torch.testing.assert_close(loss, expected_loss, **TOLERANCE)
     torch.testing.assert_close(lse, expected_lse, **TOLERANCE)
     grad_loss = torch.rand(12, device=device)  # (N,)
-    grad = triton_cross_entropy.cross_entropy_backward(grad_loss, logits, target, lse, -100, label_smoothing)
-    expected = reference.cross_entropy_backward(grad_loss, logits, target, expected_lse, -100, label_smoothing)
+    grad = triton_cross_entropy.cross_entropy_backward(grad_loss, logits, target, lse)
+    expected = reference.cross_entropy_backward(grad_loss, logits, target, expected_lse)
     assert grad.dtype == dtype
     grad_tolerance = TOLERANCE if dtype == torch.float32 else {"atol": 1e-5, "rtol": 1.6e-2}
     torch.testing.assert_close(grad.float(), expected.float(), **grad_tolerance)
@@ -44,11 +45,12 @@ def test_kernels_match_reference(device: torch.device, label_smoothing: float, d
 def test_backward_can_overwrite_the_logits(device: torch.device) -> None:
     from kiln.kernels import triton_cross_entropy
 
-    logits, target = _case(device, 6, 1000)
-    _, lse = reference.cross_entropy_forward(logits, target, -100, 0.0)
+    logits, classes = _case(device, 6, 1000)
+    target = reference.CrossEntropyTarget(classes)  # ignore_index -100, no smoothing
+    _, lse = reference.cross_entropy_forward(logits, target)
     grad_loss = torch.ones(6, device=device).expand(6)  # a stride-0 upstream gradient, as from a sum
-    expected = reference.cross_entropy_backward(grad_loss, logits, target, lse, -100, 0.0)
-    result = triton_cross_entropy.cross_entropy_backward(grad_loss, logits, target, lse, -100, 0.0, out=logits)
+    expected = reference.cross_entropy_backward(grad_loss, logits, target, lse)
+    result = triton_cross_entropy.cross_entropy_backward(grad_loss, logits, target, lse, out=logits)
     assert result.data_ptr() == logits.data_ptr()
     torch.testing.assert_close(logits, expected, **TOLERANCE)
 
