@@ -38,19 +38,19 @@ def _forward_kernel(
     columns = tl.arange(0, BLOCK_SIZE)
     mask = columns < n_columns
     x = tl.load(input_ptr + row * row_stride + columns, mask=mask, other=0.0).to(tl.float32)
+    # Each row statistic is stored where it is computed: one CENTER branch, and the mean is not kept to the end.
     if CENTER:
         mean = tl.sum(x, axis=0) / n_columns
+        tl.store(mean_ptr + row, mean)
         x = tl.where(mask, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_columns + eps)
+    tl.store(rstd_ptr + row, rstd)
     y = x * rstd
     if HAS_WEIGHT:
         y = y * tl.load(weight_ptr + columns, mask=mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y = y + tl.load(bias_ptr + columns, mask=mask, other=0.0).to(tl.float32)
     tl.store(output_ptr + row * n_columns + columns, y.to(output_ptr.dtype.element_ty), mask=mask)
-    if CENTER:
-        tl.store(mean_ptr + row, mean)
-    tl.store(rstd_ptr + row, rstd)
 
 
 @triton.jit
