@@ -11,6 +11,7 @@ import logging
 import math
 import statistics
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -20,6 +21,7 @@ from ..distributed import is_rank_zero
 from ..errors import ConfigError
 from .activations import ActivationWatch, _ForwardHook
 from .callbacks import Callback
+from .doctor_record import DoctorRecord, choose_layers
 from .findings import (
     _RELUS,
     KINDS,
@@ -46,8 +48,14 @@ logger = logging.getLogger("kiln.doctor")
 class GradientDoctor(Callback):
     """Watch training on sampled steps and report vanishing or exploding gradients, loss spikes, dead ReLUs and NaN/Inf.
 
-    Each finding is reported once: logged to the ``kiln.doctor`` logger and printed with the progress output (rank 0
-    only), appended to ``model.history.diagnostics`` and to ``doctor.findings``. A healthy model produces none.
+    Each finding is reported once: printed with the progress output (rank 0 only; ``print_findings``), logged to the
+    ``kiln.doctor`` logger when logging is configured, appended to ``model.history.diagnostics`` and to
+    ``doctor.findings``. A healthy model produces none.
+
+    When the fit is tracked (``fit(run=...)``, a Model with a store, or a :class:`TrackingCallback`), the run keeps
+    them too: the findings as the artifact ``doctor.json`` (written at the start, on each new finding and at the end),
+    and the update/weight ratio of ``record_layers`` layers as metrics ``update_ratio/<layer>`` at each look (see
+    :mod:`kiln.train.doctor_record`). ``kiln ui`` shows both on the run page.
 
     What it looks for, on looks at steps 0, 1, 2, 4, ... ``early`` and then every ``every`` steps:
 
@@ -62,6 +70,12 @@ class GradientDoctor(Callback):
 
     Gradients are read after unscaling and clipping. Under fp16 loss scaling an overflow is normal (the scaler skips
     that step), so non-finite gradients are reported only when they persist for three looks.
+
+    ``print_findings``: True prints each finding, False never writes to the terminal (the findings still reach
+    ``history.diagnostics``, a tracked run, and the ``kiln.doctor`` logger's handlers if you configured some), None
+    (the default) prints when ``fit(verbose=...)`` is on. ``record_layers``: how many layers' update/weight ratios a
+    tracked run logs (default 12, spread evenly over the depth, first and last included; 0 for none), or a list of
+    layer names as ``module.named_modules()`` spells them.
 
     Example:
         >>> doctor = GradientDoctor(every=100)   # default 50
@@ -83,6 +97,7 @@ class GradientDoctor(Callback):
         clip_percentile: float = 90.0,
         activations: bool = True,
         print_findings: bool | None = None,
+        record_layers: int | Sequence[str] = 12,
     ) -> None:
         for name, value in (("every", every), ("patience", patience)):
             if not isinstance(value, int) or value < 1:
@@ -98,10 +113,18 @@ class GradientDoctor(Callback):
             raise ConfigError(f"GradientDoctor dead_fraction must be in (0, 1], got {dead_fraction!r}.")
         if not 0 < clip_percentile <= 100:
             raise ConfigError(f"GradientDoctor clip_percentile must be in (0, 100], got {clip_percentile!r}.")
+        if isinstance(record_layers, str) or not (
+            (isinstance(record_layers, int) and not isinstance(record_layers, bool) and record_layers >= 0)
+            or (isinstance(record_layers, Sequence) and all(isinstance(name, str) for name in record_layers))
+        ):
+            raise ConfigError(
+                f"GradientDoctor record_layers must be an int >= 0 or a list of layer names, got {record_layers!r}."
+            )
         self.every, self.early, self.patience = every, early, patience
         self.vanish_ratio, self.explode_factor, self.spike_factor = vanish_ratio, explode_factor, spike_factor
         self.dead_fraction, self.clip_percentile = dead_fraction, clip_percentile
         self.activations, self.print_findings = activations, print_findings
+        self.record_layers = record_layers if isinstance(record_layers, int) else list(record_layers)
         self._early = frozenset([0, *(2**k for k in range(early.bit_length()) if 2**k <= early)])
         self.findings: list[Finding] = []
         self.stats: dict[str, Any] = {}
@@ -130,6 +153,10 @@ class GradientDoctor(Callback):
         self._pending_total: float | None = None
         self._updates = UpdateMeter()
         self._weight_norms: dict[int, float] = {}
+        self._record: DoctorRecord | None = None  # the tracked run's, found on the first epoch start
+        self._record_checked = False
+        self._unsaved = False  # findings the record does not hold yet
+        self._ratio_layers: frozenset[int] = frozenset()
 
     # ------------------------------------------------------------------ hooks of the loop
     def on_fit_start(self, model: TrainState) -> None:
@@ -139,6 +166,7 @@ class GradientDoctor(Callback):
         elif model.history is not None:  # resumed: the run's History lists what was found before the restart
             model.history.diagnostics.extend(self.findings)
         self._loaded = False
+        self._record, self._record_checked, self._unsaved = None, False, True
         root = model.module
         if isinstance(root, nn.parallel.DistributedDataParallel):  # names as the user's module spells them
             root = root.module
@@ -162,9 +190,19 @@ class GradientDoctor(Callback):
         if model.fit_config.get("strategy") == "fsdp":  # sharded parameters: per-layer norms would be per shard
             logger.info("the gradient doctor checks only the loss under strategy='fsdp'")
             self._layers, relus, hooks, self._params, self._owners = [], [], False, [], []
+        names = [layer.name for layer in self._layers]  # none under fsdp: no ratios to choose from
+        self._ratio_layers = frozenset(choose_layers(names, self.record_layers) if names else ())
         self._watch.attach(self._layers, relus, enabled=hooks)
 
     def on_epoch_start(self, model: TrainState, epoch: int) -> None:
+        if not self._record_checked:  # every on_fit_start ran: a tracking callback has opened its run by now
+            self._record_checked = True
+            if getattr(model, "run_id", None) is not None and is_rank_zero():
+                from .tracking import tracked_run  # imported by the tracking callback already; untracked: no store
+
+                run = tracked_run(model)
+                self._record = None if run is None else DoctorRecord(run)
+            self._save()  # an empty list says the doctor is watching; after a resume, what it found before
         # Hooks for the first look go in here rather than in on_fit_start, after every callback's on_fit_start ran,
         # so that an averaging callback's deep copy of the module never carries them.
         if self._watch.enabled and not self._watch.installed and self._is_look(model.global_step):
@@ -174,6 +212,8 @@ class GradientDoctor(Callback):
         if step % self.every and step not in self._early:
             return
         self._look(model, step)
+        if self._unsaved:
+            self._save()
 
     def on_train_batch_end(self, model: TrainState, step: int, loss: torch.Tensor) -> None:
         self._losses.append(loss)
@@ -183,6 +223,8 @@ class GradientDoctor(Callback):
             return
         if self._updates.pending and step > self._updates.step:
             self._after_look(model)
+            if self._unsaved:
+                self._save()
         if self._watch.enabled and not self._watch.installed and self._is_look(step):
             self._install_hooks()
         self._next_event = self._next_look(step + 1)
@@ -191,6 +233,8 @@ class GradientDoctor(Callback):
         self._watch.remove()
         self._updates.clear()
         self._check_losses(model)
+        self._save()  # also after a crash: the findings that explain it
+        self._record = None
 
     # ------------------------------------------------------------------ sampling
     def _is_look(self, step: int) -> bool:
@@ -254,6 +298,10 @@ class GradientDoctor(Callback):
         """After the step of a look: its update/weight ratios, and whether its gradient norm was exploding."""
         ratios = self._updates.finish(self._weight_norms)
         self.stats["update_ratios"] = self._last_update_ratios = {self._layers[i].name: r for i, r in ratios.items()}
+        if self._record is not None and self._ratio_layers:
+            chosen = {self._layers[i].name: r for i, r in ratios.items() if i in self._ratio_layers}
+            # at the step count after that update: the x of the batch loss of the same batch
+            self._record.log_ratios(chosen, step=self._updates.step + 1, epoch=model.epoch)
         self._check_losses(model)  # includes the loss of the look's batch, the newest in the window
         total, self._pending_total = self._pending_total, None
         if total is None:
@@ -394,6 +442,7 @@ class GradientDoctor(Callback):
             return
         self._reported.add(key)
         self.findings.append(finding)
+        self._unsaved = True  # stored with the run after this look (one write for all the look's findings)
         if model.history is not None:
             model.history.diagnostics.append(finding)
         if not is_rank_zero():
@@ -404,8 +453,15 @@ class GradientDoctor(Callback):
             # A finding belongs in the progress output the user is watching, beside the ProgressBar's epoch lines
             # (inside a live rich bar, rich moves printed lines above the bar).
             print(text, flush=True)
-        if not show or logger.hasHandlers():  # with no handler, logging's last resort would print it a second time
+        # Only to handlers the user configured: with none, logging's last resort would print it to stderr, a second
+        # time when shown and against print_findings=False when not.
+        if logger.hasHandlers():
             logger.warning(text)
+
+    def _save(self) -> None:
+        """Store the findings with the tracked run, if there is one (the flag stays up until a write succeeds)."""
+        if self._record is None or self._record.save_findings(self.findings):
+            self._unsaved = False
 
     def state_dict(self) -> dict[str, Any]:
         return {

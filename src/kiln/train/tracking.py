@@ -29,7 +29,27 @@ from .callbacks import Callback
 if TYPE_CHECKING:
     from .state import TrainState
 
-__all__ = ["TrackingCallback", "fingerprint"]
+__all__ = ["TrackingCallback", "fingerprint", "tracked_run"]
+
+# The runs the TrackingCallbacks of this process are recording, by id: between a tracked fit's on_fit_start and
+# on_fit_end, on rank zero. Other callbacks reach the run through tracked_run(model) rather than knowing the tracker.
+_RECORDING: dict[str, Run] = {}
+
+
+def tracked_run(model: TrainState) -> Run | None:
+    """The run a :class:`TrackingCallback` is recording this fit into; None when the fit is not tracked (or off rank 0).
+
+    How another callback adds to a tracked fit's run without holding the tracking callback: the gradient doctor
+    stores its findings and update/weight ratios through it. Valid from the first ``on_epoch_start`` (every
+    ``on_fit_start`` has run by then) until the tracking callback's ``on_fit_end``.
+
+    Example:
+        >>> run = tracked_run(model)
+        >>> if run is not None:
+        ...     run.log({"my_metric": 1.0}, step=model.global_step)
+    """
+    run_id = getattr(model, "run_id", None)
+    return None if run_id is None else _RECORDING.get(run_id)
 
 
 def _hash_tensor(digest: Any, tensor: torch.Tensor) -> None:
@@ -168,6 +188,7 @@ class TrackingCallback(Callback):
         else:
             self.run = self.store.start_run(self.run_name, params=params, tags=self.tags, system=_torch_info(model))
         model.run_id = self.run.id
+        _RECORDING[self.run.id] = self.run
         self._losses, self._steps, self._step = [], [], 0
         self._flush_due = time.monotonic() + self.flush_seconds
 
@@ -211,6 +232,7 @@ class TrackingCallback(Callback):
         try:
             self._flush_losses()
         finally:
+            _RECORDING.pop(self.run.id, None)
             self.run.finish(status if status in STATUSES[1:] else "failed")
 
     def state_dict(self) -> dict[str, Any]:
