@@ -1,13 +1,23 @@
-"""kiln's main job: train -> register -> serve -> query, on scikit-learn's bundled digits.
+"""Digits: kiln's main job on scikit-learn's bundled digits, train -> register -> serve -> query.
 
-1. trains a small CNN on real data (1797 8x8 images that ship with scikit-learn; no download), recording the run
-   in the store (``$KILN_HOME``, default ``./.kiln``: SQLite + content-addressed files);
-2. registers the model as the next version of "digits" (safetensors, ONNX, signature, SHA-256 manifest) and
-   points the "production" alias at it, then shows ``kiln models show digits``;
-3. starts ``kiln serve digits@production`` as a real server on 127.0.0.1 and queries it over HTTP, checking the
-   answers against the model in this process. Run it with:
+The 1,797 8×8 images of handwritten digits that ship with scikit-learn (no download) train a small CNN; the script
+then does what every gallery example does after training:
 
-    python examples/digits.py --epochs 15
+1. records the run in the store (`$KILN_HOME`, default `./.kiln`: SQLite and content-addressed files);
+2. registers the model as the next version of `digits` (safetensors, ONNX, signature, SHA-256 manifest), points the
+   `production` alias at it and shows `kiln models show digits`;
+3. starts `kiln serve digits@production` as a real server on 127.0.0.1 and queries it over HTTP, checking the answers
+   against the model in this process.
+
+```bash
+python examples/digits.py --epochs 15
+```
+
+The [tutorial](docs/tutorial.md) walks through the same steps one at a time, with resuming and the doctor.
+
+Tested: `tests/test_examples.py` runs it with `--epochs 6` and requires a test accuracy of at least 0.95, and the
+359 test images served over HTTP answered with an accuracy of at least 0.95 and an agreement of 1.0 with the model
+in memory.
 """
 
 from __future__ import annotations

@@ -1,18 +1,39 @@
-"""Images from a folder: a CNN on PNG files read through ``kiln.data.ImageFolder``, with batch-level augmentation.
+"""Images from a folder: a CNN on PNG files read through `kiln.data.ImageFolder`, with batch-level augmentation.
 
-1. draws a data set of coloured shapes (circle, square, triangle, cross; random size, position, rotation and colours
-   on a noisy background) with Pillow and writes it as PNG files laid out ``root/<split>/<class>/<n>.png``, the
-   layout of most image data sets; it is cached in ``--data`` and reused when it is already there;
-2. reads the folders with ``ImageFolder`` and decodes them once into memory (``to_memory()``), with augmentation
-   that runs on whole batches (random crop of a padded image, horizontal flip, Gaussian noise; only while
-   training: evaluation sees the images as they are);
-3. trains a small CNN, records the run, registers the model with its preprocessing (how a client turns a PNG file
-   into the input tensor) and promotes it to ``shapes@production``;
-4. serves it with ``kiln serve`` and sends it the test PNG files, decoded as the preprocessing says.
+The script draws 1,600 coloured shapes (circle, cross, square, triangle; random size, position, rotation and colours
+on a noisy background) with Pillow and writes them as `root/<split>/<class>/<n>.png`, the layout most image data
+sets use, in a cache folder it reuses (`--data`). `ImageFolder` reads them (class ids from the sorted folder names)
+and `to_memory()` decodes each file once. Augmentation runs on whole batches, only while training:
+`Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), GaussianNoise(0.05)])`. The model is a small CNN; it is
+registered with preprocessing that tells a client how to turn a PNG into the input (RGB, 32×32, CHW, divided by 255),
+promoted to `shapes@production`, served, and sent the 400 test PNG files decoded that way.
 
-Run it with:
+```bash
+python examples/image_folder.py --epochs 8 --samples shapes.png
+```
 
-    python examples/image_folder.py --epochs 8
+```text
+ImageFolder('/tmp/kiln-examples/shapes-300-100-0/train', n=1200, classes=4, size=None)
+ImageFolder('/tmp/kiln-examples/shapes-300-100-0/test', n=400, classes=4, size=None)
+test accuracy 1.0000  test loss 0.0112
+registered shapes@1 (run 993e1428482b40079d26aa3eee2d8a9c) and promoted it to production
+
+serve it:   kiln serve shapes@production
+query it:   kiln predict shapes --input @shapes.json
+            # or: curl -s localhost:8000/v1/models/shapes:predict -d @shapes.json
+            the request holds test/circle/0000.png as float32 RGB / 255, CHW
+served shapes@production: 400 PNG files over HTTP, accuracy 1.0000, agreement with the in-process model 1.0000
+```
+
+Eight training images (top) and one augmented draw of the same batch (bottom: shifted by the padded crop, some
+mirrored, with noise), as `--samples` saves them:
+
+![Training shapes and their augmented versions](docs/images/gallery/shapes_augmentation.png)
+
+Tested: `tests/gallery/test_image_folder.py` runs it with `--epochs 6 --per-class 150 --test-per-class 50` and
+requires a test accuracy of at least 0.9 (chance is a quarter), the 200 test PNG files served over HTTP answered
+with at least 0.9 and an agreement of 1.0 with the model in memory, and the files and the picture of the sizes
+expected.
 """
 
 from __future__ import annotations

@@ -1,20 +1,53 @@
-"""A character-level LSTM language model on kiln's own documentation, trained with truncated backpropagation through
-time (TBPTT), measured in perplexity, sampled from, registered and served.
+r"""A language model: a character LSTM on kiln's own docs, trained with truncated backpropagation through time.
 
-1. reads README.md and docs/*.md of this repository as one text and makes a character ``Vocabulary`` of it;
-   the last tenth is held out;
-2. lays the training text out as 16 parallel streams cut into chunks of 64 characters
-   (``kiln.train.streams.stream_batches``), so that row ``b`` of each batch continues row ``b`` of the one before;
-3. trains with a custom ``train_step`` that carries the LSTM's hidden state from batch to batch in ``self.carry``
-   (fit detaches it after every batch, which is the truncation, resets it every epoch and checkpoints it);
-4. reports the perplexity on the held-out text (hidden state carried through it) against the perplexity of
-   character frequencies alone, and samples text from the model (``sample``, temperature 0.8);
-5. registers the model (a window of 64 character ids in, the next character's logits out) with its vocabulary as
-   preprocessing, and serves it: the client generates text one character per request.
+A character-level LSTM (2 layers of 256 units) on this repository's README.md and docs/*.md, read as one text with a
+character `Vocabulary`; the last tenth is held out. `kiln.train.streams.stream_batches` lays the text out as 16
+parallel streams cut into chunks of 64 characters, so that row `b` of each batch continues row `b` of the one
+before. The custom `train_step` ([custom training steps](docs/custom_step.md)) carries the LSTM's state from batch to
+batch in `self.carry`, which fit detaches after every batch (the truncation of backpropagation through time), empties
+at every epoch's start and saves in checkpoints.
 
-Run it with:
+The held-out perplexity is measured with the state carried through the whole held-out text and compared with the
+perplexity of character frequencies alone. `sample()` continues a prompt character by character with the state
+carried along (temperature 0.8). The registered model reads a 64-character window and returns the next character's
+logits; the vocabulary is in its preprocessing, and the client generates text one request per character.
 
-    python examples/lstm_lm.py --epochs 10
+```bash
+python examples/lstm_lm.py --epochs 10
+```
+
+```text
+corpus: 129827 characters of README.md and docs/*.md, vocabulary of 123 characters
+kiln doctor: vanishing gradients in 'embed' (step 8)
+  evidence: gradient norms 'embed' 0.00036 at step 8 are below 0.001x the largest, 'head' 0.83 (smallest ratio
+  4.3e-04), on 2 looks in a row
+  try: Add normalisation between layers: BatchNorm (MLPs, CNNs) or LayerNorm (transformers, RNNs) keeps ...
+  try: Initialise for the activation: kiln.init(module, 'kaiming') for ReLU/GELU networks, ...
+  try: Add residual connections (x + layer(x)) so the gradient reaches early layers directly.
+training perplexity by epoch [22.8, 9.44, 6.47, 5.2, 4.53, 4.1, 3.81, 3.6, 3.47, 3.4]
+held-out perplexity 5.540 (character frequencies alone: 33.763)
+sample: 'The model ralies in thin machine file:\n-hearit\njob.toml loss serve` (a class step before ofter its
+metrics (`device/test_y`; `maniby`).\n- **The same compached put it\n\n- **Horward when it beok keepes file it on '
+factory __main__:CharLSTM lives in the running script: only that script can load this version with the torch
+runtime; move it into an importable module.
+registered docs-lm@1 (run 5a5ab1c354044404ae170397a499c55a) and promoted it to production
+
+serve it:   kiln serve docs-lm@production
+query it:   kiln predict docs-lm --input @docs_lm.json
+            # or: curl -s localhost:8000/v1/models/docs-lm:predict -d @docs_lm.json
+            the request holds the ids of 'kiln serve ' in a 64-character window
+served docs-lm@production: 60 characters over HTTP: 'kiln steps: Trus | promote     │\n│ resumed = version: NNN,
+metric'
+```
+
+The doctor's early finding is worth reading rather than obeying: an embedding's gradient is sparse (each step
+touches only the rows of the characters in the batch) and small next to the output layer's at the start, and its
+remedies are for stacks of dense layers. The perplexity falling from 22.8 to 3.4 says the training is healthy.
+
+Tested: `tests/gallery/test_lstm_lm.py` runs it small (`--epochs 3 --chars 30000 --batch-size 8 --bptt 32`,
+`--hidden 128 --layers 1 --lr 1e-2`) and requires a held-out perplexity below 0.5 times that of character
+frequencies (an untrained model is at the vocabulary size), a training perplexity that falls over the 3 epochs, a
+sample of 200 characters, and 60 characters generated through the server.
 """
 
 from __future__ import annotations

@@ -1,18 +1,47 @@
 """Tabular data: an MLP on scikit-learn's breast-cancer table, read from CSV, standardised, registered and served.
 
-1. writes scikit-learn's bundled breast-cancer data (569 tumours, 30 numeric measurements, no download) to a CSV file
-   with a header and a text label column ("malignant" / "benign"), as a table exported from a spreadsheet would be;
-2. reads it back with ``kiln.data.read_csv`` and splits it into train, validation and test sets;
-3. standardises every feature with the training set's mean and standard deviation (``kiln.data.Normalize`` as the
-   datasets' batch transform), trains an MLP and records the run in the store;
-4. registers the model with the standardisation as the package's ``preprocessing`` (the mean and std the client
-   applies to raw measurements before it sends them), and promotes it to ``breast-cancer@production``;
-5. serves it with ``kiln serve`` and queries it with raw CSV rows: the client reads the preprocessing from the
-   server's metadata (``GET /v1/models/breast-cancer``), standardises, and sends the result.
+The data is scikit-learn's bundled breast-cancer table (569 tumours, 30 measurements, no download), written to a CSV
+file with a header and a text label, as a spreadsheet would export it, and read back with
+`kiln.data.read_csv(path, label="diagnosis")`: text labels become class ids, `dataset.classes` names them. The
+features span four orders of magnitude (areas in the thousands, smoothness around 0.1), so they are standardised with
+the training set's mean and standard deviation — `kiln.data.Normalize(mean, std)` as the datasets' batch transform —
+and the same numbers are registered as the package's preprocessing:
 
-Run it with:
+```python
+preprocessing = {
+    "standardize": {"mean": mean.tolist(), "std": std.tolist()},  # client side: (x - mean) / std
+    "features": list(load_breast_cancer().feature_names),  # the column order the model expects
+    "classes": data.classes,  # what each output index means
+}
+version = model.register(
+    NAME,
+    preprocessing=preprocessing,
+    example_input=Normalize(mean, std)(test.x[:1]),
+```
 
-    python examples/tabular.py --epochs 30
+The client reads it back from the server (`client.metadata("breast-cancer")["preprocessing"]`, that is
+`GET /v1/models/breast-cancer`), standardises raw CSV rows and sends them:
+
+```bash
+python examples/tabular.py --epochs 30
+```
+
+```text
+read breast_cancer.csv: 569 rows, 30 features, classes ['benign', 'malignant']
+test accuracy 0.9561  test loss 0.0917
+registered breast-cancer@1 (run bd8839fbe44147df8efd305864b74dab) and promoted it to production
+
+serve it:   kiln serve breast-cancer@production
+query it:   kiln predict breast-cancer --input @breast_cancer.json
+            # or: curl -s localhost:8000/v1/models/breast-cancer:predict -d @breast_cancer.json
+            the request holds one standardised row: (raw - mean) / std, from the model's preprocessing
+served breast-cancer@1 (onnx): 114 raw test rows standardised by the client, accuracy 0.9561, agreement with the
+in-process model 1.0000
+```
+
+Tested: `tests/gallery/test_tabular.py` runs it with `--epochs 25` and requires a test accuracy of at least 0.93
+(an untrained model, or one fed unstandardised features, is far below), the same over HTTP from the 114 raw rows the
+client standardised, and an agreement of 1.0 with the model in memory.
 """
 
 from __future__ import annotations

@@ -1,9 +1,15 @@
-"""A small transformer encoder classifier through kiln.Model, on a generated task (no download).
+"""A transformer encoder classifier: `nn.TransformerEncoder` through `kiln.Model`, on a generated task (no download).
 
-Sequences of random tokens; the class is the most frequent of four "signal" tokens planted at random positions, so
-attention over the whole sequence is needed. Run it with:
+Sequences of 32 random tokens; four copies of the label's "signal" token (one of four) and two random signal tokens
+are planted at random positions, so the class is the most frequent signal token and the model must attend over the
+whole sequence. The model is two encoder layers (64 dimensions, 4 heads, learned positions) and a linear head on the
+mean of their outputs.
 
-    python examples/transformer_encoder.py --epochs 6
+```bash
+python examples/transformer_encoder.py --epochs 6
+```
+
+Tested: `tests/test_examples.py` runs it with `--epochs 3` and requires a test accuracy of at least 0.9.
 """
 
 from __future__ import annotations

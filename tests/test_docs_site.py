@@ -24,3 +24,10 @@ def test_the_site_builds_strictly_with_the_api_reference(tmp_path: Path) -> None
     assert "model.fit(train" in re.sub(r"<[^>]+>", "", model_page)  # an Example: block rendered (highlighted) code
     assert (site / "benchmarks" / "index.html").exists()  # benchmarks/RESULTS.md became a page
     assert "../benchmarks/RESULTS.md" not in (site / "performance" / "index.html").read_text()
+    # the gallery: a page per example, generated from its docstring, with its picture, and an index linking them
+    gan = (site / "gallery" / "gan" / "index.html").read_text()
+    assert "A custom training step, two networks and two optimizers" in gan  # the docstring's first line
+    assert 'src="../../images/gallery/gan.png"' in gan and (site / "images" / "gallery" / "gan.png").is_file()
+    assert "def train_step" in re.sub(r"<[^>]+>", "", gan)  # the script itself, below the text
+    gallery = (site / "gallery" / "index.html").read_text()
+    assert 'href="gan/"' in gallery and 'href="pipeline/digits_pipeline/"' in gallery

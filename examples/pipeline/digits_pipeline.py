@@ -1,7 +1,25 @@
-"""The digits model and data named by job.toml: a small CNN and scikit-learn's bundled 8x8 digits (no download).
+"""A training job and a release pipeline: the digits model and data named by `job.toml`, released by `pipeline.toml`.
 
-job.toml names ``digits_pipeline:cnn`` and ``digits_pipeline:data``; kiln finds this file through the job's
-``job.python_path`` (the config's own folder) and trusts it because your own config names it.
+This file holds the two factories that `examples/pipeline/job.toml` names, `digits_pipeline:cnn` (a small CNN) and
+`digits_pipeline:data` (scikit-learn's bundled 8×8 digits, no download); kiln finds it through the job's
+`job.python_path` (the config's own folder) and trusts it because your own config names it. The job describes the
+training once (`kiln train job.toml`) and records all that is needed to run it again (`kiln runs rerun`);
+`pipeline.toml` trains it, evaluates it on the held-out test set, and registers, promotes and exports it only when
+it beats the model production serves now.
+
+```bash
+cd examples/pipeline
+kiln train job.toml                # one recorded run
+kiln run pipeline.toml             # train, evaluate, gate, register, promote, export
+kiln models rollback digits        # undo the last promotion
+```
+
+The walk-through, with each command's output, is [Jobs and pipelines](docs/pipelines.md).
+
+Tested: `tests/jobs/test_examples.py` loads the job and the pipeline, checks that the page shows these files as they
+are and that its commands parse, and (marked slow) runs the walk-through: a job trained and rerun to the same
+result, a first release, a gate that holds back a model no better than production, a better model released after 8
+epochs, and a rollback.
 """
 
 from __future__ import annotations
