@@ -106,3 +106,34 @@ def test_an_existing_study_continues_only_when_resumed(tmp_path: Path) -> None:
 def test_kiln_tune_is_callable_after_its_modules_are_imported() -> None:
     importlib.import_module("kiln.tune.commands")  # binds kiln.tune to the package, which is callable
     assert callable(kiln.tune) and kiln.tune.tune is importlib.import_module("kiln.tune.study").tune
+
+
+def test_every_trials_run_records_the_git_state_of_the_study_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo)]
+    (repo / "train.py").write_text("lr = 0.05\n")
+    for args in (["init", "-q"], ["add", "train.py"], ["commit", "-qm", "code"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+
+    def editing(params: dict[str, Any]) -> Any:
+        (repo / "train.py").write_text(f"lr = {params['lr']}  # tried\n")  # the tree turns dirty during the study
+        return objective(params)
+
+    store = Store(tmp_path / "store")
+    kiln.tune(editing, space={"lr": [0.05, 0.1]}, trials=2, metric="val_loss", direction="minimize", pruner="none",
+              sampler="random", seed=0, study="coded", store=store)  # fmt: skip
+    recorded = [run.system["git"] for run in store.runs(name="coded")]
+    assert recorded == [{"commit": head, "dirty": False, "checked": "study start"}] * 2  # checked once, at the start
+    with store.start_run("after") as run:  # a run outside a study checks the tree it starts in
+        pass
+    assert store.run(run.id).system["git"] == {"commit": head, "dirty": True}

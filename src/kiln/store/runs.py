@@ -23,7 +23,6 @@ import math
 import os
 import platform
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -39,6 +38,7 @@ from ..errors import ConfigError, NotFoundError, StoreError
 from . import dialects
 from .blobs import Blob
 from .database import Database, DatabaseUnavailable
+from .gitinfo import git_commit, run_git
 from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, this_process
 from .names import check_file_name, check_name, check_run_id
 from .schema import metrics, run_artifacts, runs
@@ -112,23 +112,6 @@ def jsonable(value: Any, *, depth: int = 0) -> Any:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def git_commit(directory: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The git commit (and whether the tree is dirty) of ``directory`` (default: cwd), or None outside git."""
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=directory, capture_output=True, text=True, timeout=5)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
-        return None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": commit, "dirty": bool(status)}
-
-
 def system_info() -> dict[str, Any]:
     """Where a run happens: kiln and Python versions, platform, host, process id and git commit when available."""
     from .. import __version__
@@ -140,7 +123,7 @@ def system_info() -> dict[str, Any]:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "argv": [os.path.basename(sys.argv[0]), *sys.argv[1:]][:20] if sys.argv else [],
-        "git": git_commit(),
+        "git": run_git(),  # checked now, or once for a whole study (kiln.store.gitinfo.recorded_git)
     }
 
 

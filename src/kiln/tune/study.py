@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ConfigError, NonFiniteLossError
 from ..store import Store
+from ..store.gitinfo import git_commit, recorded_git
 from ..store.names import check_name
 from .results import Study
 from .space import parse_space
@@ -197,12 +198,13 @@ def tune(
                         sampler=chosen_sampler, pruner=chosen_pruner)  # fmt: skip
     fail_dead_trials(found)
     remaining = trials - count_done(found)
+    git = _study_git()
     maximize = direction == "maximize"
     if remaining <= 0:
         logger.info("study %r already has %d trials; nothing to run", name, trials - remaining)
     elif workers == 1:
         runner = TrialRunner(objective, parsed, metric=metric, maximize=maximize, store=store, study_name=name)
-        _optimize(found, runner, remaining, timeout)
+        _optimize(found, runner, remaining, timeout, git)
     else:
 
         def work(index: int, count: int, on_ready: Callable[[], None]) -> None:
@@ -214,7 +216,7 @@ def tune(
             mine = optuna.load_study(study_name=name, storage=storage, sampler=own, pruner=chosen_pruner)
             runner = TrialRunner(objective, parsed, metric=metric, maximize=maximize, store=store, study_name=name)
             runner.on_checked = on_ready
-            _optimize(mine, runner, count, timeout)
+            _optimize(mine, runner, count, timeout, git)
 
         def close_connections() -> None:
             store.database.engine.dispose()
@@ -244,10 +246,17 @@ def _import_once() -> None:
             importlib.import_module(name)
 
 
-def _optimize(study: optuna.Study, runner: TrialRunner, trials: int, timeout: float | None) -> None:
+def _study_git() -> dict[str, Any] | None:
+    """The git state every trial's run records: checked once, as the trials run code imported once."""
+    state = git_commit()
+    return None if state is None else {**state, "checked": "study start"}
+
+
+def _optimize(study: optuna.Study, runner: TrialRunner, trials: int, timeout: float | None,
+              git: dict[str, Any] | None) -> None:  # fmt: skip
     from .storage import quiet_optuna
 
-    with quiet_optuna():
+    with quiet_optuna(), recorded_git(git):
         # A diverging trial (NaN loss) fails alone; any other error stops the study and reaches the caller.
         study.optimize(runner, n_trials=trials, timeout=timeout, catch=(NonFiniteLossError,))
 
