@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from .._cli_options import store_options, trust_option
@@ -99,6 +100,40 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A verb's parser whose positional words may stand before, between and after its options.
+
+    Plain argparse fills each positional from one run of words, so in ``kiln train job.toml --store s fit.epochs=3``
+    the override after ``--store s`` is an unrecognized argument. ``parse_known_intermixed_args`` reads the options
+    first and then all the remaining words as the positionals. The ``kiln`` parser hands a verb its words through
+    ``parse_known_args``, so that is where intermixing starts; the intermixed parse calls ``parse_known_args`` itself
+    (on Python before 3.13), which ``_intermixing`` lets through to argparse's own.
+    """
+
+    _intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _add_verb(sub: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """``sub.add_parser(name, **kwargs)`` as an `_IntermixedParser`: overrides may follow the options."""
+    parser_class = sub._parser_class
+    sub._parser_class = _IntermixedParser
+    try:
+        return sub.add_parser(name, **kwargs)
+    finally:
+        sub._parser_class = parser_class
+
+
 def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -107,30 +142,38 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _add_verb(
+        sub,
         "train",
         help="train a job described by a TOML config, recorded as a run that can be rerun exactly",
         description="Read CONFIG (see docs/pipelines.md and docs/job.schema.json), apply the overrides, check every "
         "key, type, file and factory, then train and record the run: the resolved config, the config file's "
         "SHA-256, the code version and a fingerprint of the data. The factory your config names is trusted for "
         "this job.",
+        epilog="example: kiln train job.toml fit.epochs=20 --store runs model.lr=3e-4  (overrides may stand "
+        "before, between or after the options)",
     )
     parser.add_argument("config", help="the job's TOML file")
-    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a value, e.g. fit.epochs=20 model.lr=3e-4")  # fmt: skip
     store_options(parser)
     parser.set_defaults(handler=_train)
 
 
 def _add_rerun(runs: argparse._SubParsersAction) -> None:
-    parser = runs.add_parser(
+    parser = _add_verb(
+        runs,
         "rerun",
         help="run a recorded job config again as a new run linked to its origin",
         description="Reads the config RUN_ID recorded and trains it again as a new run tagged kiln.rerun_of; on the "
         "CPU the metrics equal the original's bit for bit. Writes no checkpoints and registers nothing unless asked.",
+        epilog="example: kiln runs rerun 3f2a --register fit.epochs=30  (overrides may stand before, between or "
+        "after the options)",
     )
     parser.add_argument("run_id", help="a run id or a unique prefix of one")
-    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="override recorded values")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override recorded values"
+    )
     parser.add_argument("--register", action="store_true", help="also register (and promote) as the job says")
     trust_option(parser, "a recorded config is data, so the factories it names are imported only when trusted")
     store_options(parser)
@@ -138,16 +181,19 @@ def _add_rerun(runs: argparse._SubParsersAction) -> None:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
+    parser = _add_verb(
+        sub,
         "run",
         help="run a pipeline (train, evaluate, gate, register, promote, export, shell), recorded in the store",
         description="Run PIPELINE's steps in order; each execution is recorded in the store (kiln pipelines list). "
         "A failed gate stops it with 'not promoted: ...' and exit status 1. With --resume, an execution that "
         "stopped (a crash, SIGKILL, a failed step) continues: finished steps are skipped, a train step resumes "
         "from its last checkpoint.",
+        epilog="example: kiln run release.toml --resume train.fit.epochs=20  (overrides may stand before, between "
+        "or after the options)",
     )
     parser.add_argument("pipeline", help="the pipeline's TOML file")
-    parser.add_argument("overrides", nargs="*", metavar="STEP.SECTION.KEY=VALUE",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="STEP.SECTION.KEY=VALUE",
                         help="override a train step's job, e.g. train.fit.epochs=20")  # fmt: skip
     parser.add_argument(
         "--resume",
