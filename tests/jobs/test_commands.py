@@ -31,14 +31,26 @@ def _words(position: str, target: str, store: Path, bad: str, good: str) -> list
     return [values.get(word, word) for word in POSITIONS[position]]
 
 
+@pytest.fixture
+def one_step(tmp_path: Path, write_job: WriteJob) -> Path:
+    """A pipeline that only trains the job next to it (job.toml)."""
+    write_job()
+    path = tmp_path / "pipeline.toml"
+    path.write_text(pipeline_text("digits-train", [{"name": "train", "kind": "train", "job": "job.toml"}]))
+    return path
+
+
 @pytest.mark.parametrize("position", POSITIONS)
-def test_train_takes_overrides_anywhere(
-    position: str, write_job: WriteJob, store: Store, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(("verb", "step"), [("train", ""), ("run", "train.")])
+def test_overrides_reach_the_job_wherever_they_stand(
+    verb: str, step: str, position: str, one_step: Path, store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # A bad value fails validation before anything trains: the override reached the job wherever it stood.
-    words = _words(position, str(write_job()), store.path, "fit.epochs=ten", "model.lr=0.02")
-    assert main(["train", *words]) == 2
-    assert capsys.readouterr().err == f"kiln: error: {BAD_EPOCHS}\n"
+    target = one_step if verb == "run" else one_step.parent / "job.toml"
+    words = _words(position, str(target), store.path, f"{step}fit.epochs=ten", f"{step}model.lr=0.02")
+    assert main([verb, *words]) == 2
+    where = "steps[0] (train).job: " if verb == "run" else ""
+    assert capsys.readouterr().err == f"kiln: error: {where}{BAD_EPOCHS}\n"
     assert store.runs() == []
 
 
@@ -76,25 +88,6 @@ def test_rerun_takes_overrides_anywhere(write_job: WriteJob, store: Store, capsy
     rerun = next(run for run in store.runs() if run.id != original.run_id)
     assert store.run(rerun.id).params["job"]["fit"]["epochs"] == 2
     assert f"rerun of {original.run_id[:10]}: {rerun.id} finished: " in capsys.readouterr().out
-
-
-@pytest.fixture
-def one_step(tmp_path: Path, write_job: WriteJob) -> Path:
-    """A pipeline that only trains the job next to it."""
-    write_job()
-    path = tmp_path / "pipeline.toml"
-    path.write_text(pipeline_text("digits-train", [{"name": "train", "kind": "train", "job": "job.toml"}]))
-    return path
-
-
-@pytest.mark.parametrize("position", POSITIONS)
-def test_run_takes_overrides_anywhere(
-    position: str, one_step: Path, store: Store, capsys: pytest.CaptureFixture[str]
-) -> None:
-    words = _words(position, str(one_step), store.path, "train.fit.epochs=ten", "train.model.lr=0.02")
-    assert main(["run", *words]) == 2
-    assert capsys.readouterr().err == f"kiln: error: steps[0] (train).job: {BAD_EPOCHS}\n"
-    assert store.runs() == []
 
 
 def test_run_applies_an_override_after_the_options(
