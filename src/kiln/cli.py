@@ -7,6 +7,7 @@ they need lazily so ``kiln --help`` answers instantly.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -421,20 +422,33 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .errors import ConfigError, KilnError
 
-    text = sys.stdin.read() if args.input in (None, "-") else args.input
-    if args.input is not None and args.input.startswith("@"):
-        with open(args.input[1:], "rb") as handle:
-            text = handle.read().decode()
-    try:
-        payload = orjson.loads(text)
-    except orjson.JSONDecodeError as error:
-        raise ConfigError(f"the input is not valid JSON ({error}); pass e.g. --input '[[0.1, 0.2, ...]]'.") from None
-    if isinstance(payload, dict) and "inputs" in payload:
-        payload = payload["inputs"]
+    payload, data, media = None, None, None
+    if args.file is not None:  # one WAV, PNG/JPEG or text file, for a model that declares its preprocessing
+        media = _FILE_MEDIA.get(os.path.splitext(args.file)[1].lower())
+        if media is None:
+            raise ConfigError(f"--file {args.file}: kiln sends .wav, .png, .jpg/.jpeg and .txt files; use --input "
+                              "for JSON.")  # fmt: skip
+        with open(args.file, "rb") as handle:
+            data = handle.read()
+    else:
+        text = sys.stdin.read() if args.input in (None, "-") else args.input
+        if args.input is not None and args.input.startswith("@"):
+            with open(args.input[1:], "rb") as handle:
+                text = handle.read().decode()
+        try:
+            payload = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            raise ConfigError(
+                f"the input is not valid JSON ({error}); pass e.g. --input '[[0.1, 0.2, ...]]'."
+            ) from None
+        if isinstance(payload, dict) and "inputs" in payload:
+            payload = payload["inputs"]
     if args.local:
-        from .serve.local import predict_local
+        from .serve.local import run_local
 
-        outputs = predict_local(args.model, payload, store=args.store, runtime=args.runtime, trust=args.trust)
+        local = run_local(args.model, payload, file=data, media=media[0] if media else None, store=args.store,
+                          runtime=args.runtime, trust=args.trust)  # fmt: skip
+        answer = {"outputs": local.outputs, **({"labels": local.labels} if local.labels is not None else {})}
     else:
         import httpx
 
@@ -442,22 +456,31 @@ def _predict(args: argparse.Namespace) -> int:
 
         with Client(args.url, token=_token(args)) as client:
             try:
-                outputs = client.predict(args.model.partition("@")[0], payload)
+                answer = client.answer(args.model.partition("@")[0], payload, data=data,
+                                       content_type=media[1] if media else None)  # fmt: skip
             except httpx.HTTPError as error:
                 raise KilnError(f"no answer from {args.url} ({error}); is `kiln serve` running there?") from None
-    print(orjson.dumps({"outputs": outputs}, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+    print(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY).decode())
     return 0
+
+
+_FILE_MEDIA = {".wav": ("audio", "audio/wav"), ".png": ("image", "image/png"), ".jpg": ("image", "image/jpeg"),
+               ".jpeg": ("image", "image/jpeg"), ".txt": ("text", "text/plain")}  # fmt: skip
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "predict",
         help="send inputs to a running `kiln serve` (or, with --local, to the model in this process)",
-        description='Inputs are JSON: one sample, a batch, {name: array} for several inputs, or {"inputs": ...}. '
-        'Prints {"outputs": ...}.',
+        description='Inputs are JSON: one sample, a batch, {name: array} for several inputs, or {"inputs": ...}; for a '
+        "model that declares its preprocessing, raw texts or rows, or one file with --file. Prints "
+        '{"outputs": ...}, with "labels" when the model declares its class names.',
     )
     parser.add_argument("model", help="the served model's name (with --local: digits@production)")
     parser.add_argument("--input", "-i", default=None, help="JSON text, @FILE, or - for stdin (default: stdin)")
+    parser.add_argument("--file", default=None, metavar="PATH",
+                        help="send one .wav, .png, .jpg or .txt file as it is (models that declare audio, image or "
+                        "text preprocessing)")  # fmt: skip
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the server (default http://127.0.0.1:8000)")
     parser.add_argument("--local", action="store_true", help="load the model from the store instead of a server")
     parser.add_argument("--runtime", choices=["auto", "onnx", "torch"], default="auto", help="with --local")

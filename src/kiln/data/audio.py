@@ -1,8 +1,8 @@
 """Audio: PCM WAV decoding, band-limited resampling, log-mel spectrograms and a folder-per-class dataset.
 
-Everything here is numpy, the stdlib ``wave`` module and torch: no torchaudio or librosa. Serving code should call
-:func:`read_wav`, :func:`resample` and :func:`log_mel_spectrogram` with the training settings to get identical
-features.
+Everything here is numpy, the stdlib ``wave`` module and torch: no torchaudio or librosa. WAV bytes are decoded by
+:mod:`kiln._wav`, which the server's audio preprocessing uses too, so served samples are the training samples; a
+model that computes its features inside (``log_mel_spectrogram`` in ``forward``) then serves raw WAV files.
 """
 
 from __future__ import annotations
@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import struct
-import wave
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._wav import WavError, decode_pcm
 from ..errors import ConfigError, DataError
 from .folders import ClassFolder, collate_same_shape, scan_class_folders
 
@@ -39,39 +38,15 @@ def read_wav(path: str | os.PathLike[str], *, mono: bool = True) -> tuple[np.nda
     """
     name = os.fspath(path)
     try:
-        with wave.open(name, "rb") as file:
-            channels, width, rate = file.getnchannels(), file.getsampwidth(), file.getframerate()
-            raw = file.readframes(file.getnframes())
+        samples, rate, _ = decode_pcm(name)  # (T, channels)
     except FileNotFoundError as error:
         raise DataError(f"read_wav: no such file {name!r}.") from error
-    except (wave.Error, EOFError, struct.error, OSError, ValueError) as error:
+    except WavError as error:
         raise DataError(
-            f"cannot decode WAV file {name!r} ({error or type(error).__name__}); kiln reads uncompressed integer PCM "
-            "WAV. Fix or remove the file, or convert it, e.g. ffmpeg -i in.x -c:a pcm_s16le out.wav."
+            f"cannot decode WAV file {name!r} ({error}); kiln reads uncompressed integer PCM WAV. Fix or remove the "
+            "file, or convert it, e.g. ffmpeg -i in.x -c:a pcm_s16le out.wav."
         ) from error
-    if channels < 1 or rate < 1 or width not in (1, 2, 3, 4):
-        raise DataError(
-            f"WAV file {name!r} has {channels} channels, {rate} Hz and {8 * width}-bit samples; kiln reads 8, 16, "
-            "24 or 32-bit PCM with at least one channel."
-        )
-    frame_bytes = width * channels
-    raw = raw[: len(raw) - len(raw) % frame_bytes]  # a truncated file can end in a partial frame
-    samples = _pcm_to_float(raw, width).reshape(-1, channels)  # (T, channels)
     return (samples.mean(axis=1, dtype=np.float32) if mono else samples), rate
-
-
-def _pcm_to_float(raw: bytes, width: int) -> np.ndarray:
-    """Little-endian PCM bytes to float32 in [-1, 1] (8-bit WAV is unsigned, wider samples are signed)."""
-    if width == 1:
-        return (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
-    if width == 2:
-        return np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
-    if width == 3:
-        # Place each 3-byte sample in the top of an int32, so its sign bit lands on the int32's sign bit.
-        wide = np.zeros((len(raw) // 3, 4), dtype=np.uint8)
-        wide[:, 1:] = np.frombuffer(raw, dtype=np.uint8).reshape(-1, 3)
-        return wide.view("<i4").reshape(-1).astype(np.float32) / 2147483648.0
-    return np.frombuffer(raw, dtype="<i4").astype(np.float32) / 2147483648.0
 
 
 def resample(

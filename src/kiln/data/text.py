@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._tokens import PAD_ID, PAD_TOKEN, TOKENIZERS, UNK_ID, UNK_TOKEN, lookup, pad_ids
 from ..errors import ConfigError, DataError
 from .arrays import ArrayDataset, BatchTransform
 
@@ -19,20 +19,8 @@ __all__ = ["TextDataset", "Vocabulary", "read_jsonl"]
 
 Tokenizer = str | Callable[[str], list[str]]
 
-PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
-_WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def _word_tokens(text: str) -> list[str]:
-    """Lowercased words, with each punctuation mark a token of its own."""
-    return _WORD.findall(text.lower())
-
-
-def _char_tokens(text: str) -> list[str]:
-    return list(text)
-
-
-_BUILTIN: dict[str, Callable[[str], list[str]]] = {"word": _word_tokens, "char": _char_tokens}
+# One tokenizer and lookup for training and serving (kiln._tokens is torch-free, so the server imports it alone).
+_BUILTIN = TOKENIZERS
 
 
 class Vocabulary:
@@ -52,8 +40,8 @@ class Vocabulary:
         >>> same = Vocabulary().load_state_dict(json.loads(json.dumps(vocab.state_dict())))
     """
 
-    pad_id = 0
-    unk_id = 1
+    pad_id = PAD_ID
+    unk_id = UNK_ID
 
     def __init__(self, tokens: Iterable[str] = (), *, tokenizer: Tokenizer = "word") -> None:
         # None after loading a "custom" state without a function: tokenize() then says how to fix it.
@@ -124,8 +112,7 @@ class Vocabulary:
 
     def encode(self, text: str, *, max_length: int | None = None) -> list[int]:
         """Token ids of ``text`` (unknown tokens map to 1), truncated to ``max_length`` tokens."""
-        ids = [self._ids.get(token, self.unk_id) for token in self.tokenize(text)]
-        return ids if max_length is None else ids[:max_length]
+        return lookup(self.tokenize(text), self._ids, max_length)
 
     def encode_batch(self, texts: Sequence[str], *, max_length: int = 128) -> torch.Tensor:
         """An int64 (B, max_length) tensor of token ids, truncated and padded with 0 at the end."""
@@ -182,10 +169,7 @@ def _check_tokenizer(tokenizer: Tokenizer) -> str | Callable[[str], list[str]]:
 def _pad(sequences: list[list[int]], max_length: int) -> torch.Tensor:
     if not isinstance(max_length, int) or max_length < 1:
         raise ConfigError(f"max_length must be a positive int, got {max_length!r}.")
-    ids = np.zeros((len(sequences), max_length), dtype=np.int64)  # (B, max_length), 0 = <pad>
-    for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = sequence[:max_length]
-    return torch.from_numpy(ids)
+    return torch.from_numpy(pad_ids(sequences, max_length))  # (B, max_length), 0 = <pad>
 
 
 class TextDataset(ArrayDataset):
@@ -245,7 +229,7 @@ def read_jsonl(
         vocabulary = Vocabulary(tokenizer=tokenizer)
         token_lists = [vocabulary.tokenize(text) for text in texts]
         vocabulary._fill(token_lists, min_freq=min_freq, max_size=max_size)
-        ids = [[vocabulary._ids.get(t, Vocabulary.unk_id) for t in tokens[:max_length]] for tokens in token_lists]
+        ids = [lookup(tokens, vocabulary._ids, max_length) for tokens in token_lists]
     else:
         ids = [vocabulary.encode(text, max_length=max_length) for text in texts]
     x = _pad(ids, max_length)  # (B, max_length)

@@ -33,6 +33,7 @@ from ..store.manifest import FORMAT, MANIFEST, dump_manifest
 from . import sequential
 from .factory import check_rebuild, factory_path, resolve_config
 from .onnx_graph import OnnxGraph, export_onnx
+from .preprocess import parse_preprocessing
 from .safetensors_io import write_state_dict
 from .signature import as_inputs, as_outputs, input_names, make_signature, output_names
 
@@ -120,6 +121,7 @@ def build_package(
     """Everything a package holds, computed from ``module`` and one batch of ``example_input``."""
     if not isinstance(module, torch.nn.Module):
         raise ConfigError(f"expected a torch.nn.Module, got {type(module).__name__}.")
+    steps = parse_preprocessing(_plain_json(dict(preprocessing or {}), "preprocessing"), error=ConfigError)
     device = next((p.device for p in module.parameters()), torch.device("cpu"))
     inputs = tuple(t.to(device) for t in as_inputs(example_input))
     names = input_names(module, len(inputs))
@@ -139,6 +141,8 @@ def build_package(
             f"({no_torch}) and ONNX was skipped ({graph.skipped}). Pass factory='package.module:function' and "
             "config={...} that build it."
         )
+    if steps is not None:  # a declared pipeline the server will apply: refuse it now if it does not fit the model
+        steps.check_signature(signature, where="preprocessing", error=ConfigError)
     if path is None:
         logger.warning("packaging for onnxruntime only; the torch runtime cannot rebuild it: %s", no_torch)
     spec = {

@@ -2,8 +2,9 @@
 
 Routes (every one behind the token when the server has one):
 
-    POST /v1/models/{name}:predict      {"inputs": ...} -> {"outputs": ...}
-    GET  /v1/models/{name}              version, runtime, signature, preprocessing
+    POST /v1/models/{name}:predict      {"inputs": ...} -> {"outputs": ...}; with declared preprocessing
+                                        (kiln.export.preprocess) raw texts, files or rows -> outputs and "labels"
+    GET  /v1/models/{name}              version, runtime, signature, preprocessing and what the server applies
     POST /v2/models/{name}/infer        Open Inference Protocol (also /v2/models/{name}/versions/{v}/infer),
                                         JSON or with the binary tensor data extension
     GET  /v2/models/{name}[/versions/{v}][/ready|/config], /v2, /v2/health/live, /v2/health/ready
@@ -28,7 +29,18 @@ from .follow import Follower, follow_reference
 from .http import Disconnected, Headers, Receive, Response, Send, error_response, json_response, read_body
 from .metrics import Metrics
 from .openapi import docs_page, openapi
-from .protocol import decode_v1, decode_v2, encode_v1, encode_v2, encode_v2_binary, parse_json, split_binary
+from .protocol import (
+    Decoded,
+    decode_declared,
+    decode_v1,
+    decode_v2,
+    encode_v1,
+    encode_v2,
+    encode_v2_binary,
+    media_kind,
+    parse_json,
+    split_binary,
+)
 from .routes import authorized, resolve
 from .runtime import LoadedRuntime, load_runtime
 from .tensors import RequestError, TensorSpec
@@ -271,12 +283,29 @@ class KilnApp:
         self._serving_for(name)  # refuse before reading the body
         config = self.config
         body = await read_body(receive, headers, limit=config.max_body_bytes, timeout_s=config.body_timeout_s)
-        # From here to submit() nothing awaits: the request is decoded for, and queued on, the same runtime even
-        # when a switch happens while it waits for its answer.
+        # From here to submit() nothing awaits (but a file's decoding, re-done if a switch happened meanwhile): the
+        # request is decoded for, and queued on, the same runtime even when a switch happens while it waits.
         serving = self._serving_for(name)
         runtime = serving.runtime
-        if not v2:
-            decoded = decode_v1(parse_json(body), runtime.inputs)
+        media = None if v2 else media_kind(headers.content_type)
+        steps = None if v2 else runtime.steps
+        if steps is not None and steps.input is not None:
+            while steps.files:  # WAV and image decoding take milliseconds: off the event loop
+                decoded = await asyncio.get_running_loop().run_in_executor(
+                    None, decode_declared, body, media, steps, runtime.inputs
+                )
+                if self._serving is serving:
+                    break
+                serving = self._serving_for(name)  # a new version came in while decoding: decode for that one
+                runtime = serving.runtime
+                steps = runtime.steps
+                if steps is None or steps.input is None:
+                    decoded = self._decode_plain(body, media, runtime)
+                    break
+            else:
+                decoded = decode_declared(body, media, steps, runtime.inputs)  # text and rows: microseconds
+        elif not v2:
+            decoded = self._decode_plain(body, media, runtime)
         elif headers.inference_header_length is None:
             decoded = decode_v2(parse_json(body), runtime.inputs, runtime.outputs)
         else:  # the binary tensor data extension: a JSON object, then the binary inputs
@@ -303,8 +332,20 @@ class KilnApp:
         if v2:
             body = encode_v2(outputs, runtime.outputs, model=runtime.name, version=runtime.version, decoded=decoded)
         else:
-            body = encode_v1(outputs, runtime.outputs, decoded.single)
+            steps = runtime.steps
+            labels = steps.labels(outputs[0]) if steps is not None and steps.classes is not None else None
+            body = encode_v1(outputs, runtime.outputs, decoded.single, labels)
         return Response(200, body, headers=serving.headers)
+
+    @staticmethod
+    def _decode_plain(body: bytes, media: str | None, runtime: LoadedRuntime) -> Decoded:
+        """A v1 request to a model that declares no input preprocessing: JSON tensors only."""
+        if media is not None and media != "text":  # text/plain: JSON sent with a lax content type, as before
+            raise RequestError(
+                415, f"this model declares no {media} preprocessing, so it takes JSON: {{\"inputs\": [[...], ...]}} "
+                "with its tensors (GET /v1/models/NAME shows their shapes)."
+            )  # fmt: skip
+        return decode_v1(parse_json(body), runtime.inputs)
 
     # ---------------------------------------------------------------- metadata, health, docs
     def _v1_metadata(self, name: str) -> Response:
@@ -312,6 +353,7 @@ class KilnApp:
         return json_response({
             "name": runtime.name, "version": runtime.version, "reference": runtime.reference,
             "runtime": runtime.kind, "preprocessing": runtime.preprocessing,
+            "applies": runtime.steps.describe() if runtime.steps is not None else None,
             "inputs": [{"name": s.name, "dtype": s.dtype.name, "shape": [None, *s.shape]} for s in runtime.inputs],
             "outputs": [{"name": s.name, "dtype": s.dtype.name, "shape": [None, *s.shape]} for s in runtime.outputs],
         })  # fmt: skip

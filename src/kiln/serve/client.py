@@ -66,7 +66,12 @@ class Client:
         import orjson
 
         content = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY) if payload is not None else None
-        headers = {"content-type": "application/json"} if content is not None else None
+        return self._raw(method, path, content, "application/json" if content is not None else None)
+
+    def _raw(self, method: str, path: str, content: bytes | None, content_type: str | None) -> Any:
+        import orjson
+
+        headers = {"content-type": content_type} if content_type is not None else None
         response = self._http.request(method, path, content=content, headers=headers)
         body = orjson.loads(response.content) if response.content else None
         if response.status_code >= 400:
@@ -102,11 +107,30 @@ class Client:
 
     def predict(self, model: str, inputs: Any) -> Any:
         """Outputs for ``inputs`` (one sample or a batch; a dict for several inputs) as numpy arrays."""
-        payload = {"inputs": {k: _wire(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else _wire(inputs)}
-        outputs = self._json("POST", f"/v1/models/{model}:predict", payload)["outputs"]
+        return self.answer(model, inputs)["outputs"]
+
+    def answer(
+        self, model: str, inputs: Any = None, *, data: bytes | None = None, content_type: str | None = None
+    ) -> dict[str, Any]:
+        """The whole v1 answer, ``{"outputs": arrays, "labels": ...}`` (labels when the package declares its classes),
+        for ``inputs`` as :meth:`predict` takes them, or for one file: ``data`` with its ``content_type``
+        (``audio/wav``, ``image/png``, ``image/jpeg``, ``text/plain``) for a model that declares its preprocessing.
+
+        Example:
+            >>> client.answer("keywords", data=Path("yes.wav").read_bytes(), content_type="audio/wav")["labels"]
+            'yes'
+        """
+        if data is not None:
+            answer = self._raw("POST", f"/v1/models/{model}:predict", data, content_type or "application/octet-stream")
+        else:
+            wire = {k: _wire(v) for k, v in inputs.items()} if isinstance(inputs, Mapping) else _wire(inputs)
+            answer = self._json("POST", f"/v1/models/{model}:predict", {"inputs": wire})
+        outputs = answer["outputs"]
         if isinstance(outputs, dict):
-            return {name: _numbers(value) for name, value in outputs.items()}
-        return _numbers(outputs)
+            answer["outputs"] = {name: _numbers(value) for name, value in outputs.items()}
+        else:
+            answer["outputs"] = _numbers(outputs)
+        return dict(answer)
 
     def infer(self, model: str, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Open Inference Protocol inference: ``{name: array}`` in, ``{name: array}`` out (shaped, typed)."""

@@ -50,11 +50,13 @@ def error_response(error: RequestError) -> Response:
 class Headers:
     """The few request headers the server reads, found in one pass over the ASGI header list."""
 
-    __slots__ = ("authorization", "body_read", "chunked", "content_length", "inference_header_length", "request_id")
+    __slots__ = ("authorization", "body_read", "chunked", "content_length", "content_type", "inference_header_length",
+                 "request_id")  # fmt: skip
 
     def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
         self.authorization: bytes | None = None
         self.content_length: bytes | None = None
+        self.content_type: bytes | None = None  # a file body (audio/wav, image/png, ...) for declared preprocessing
         self.chunked = False
         self.request_id: bytes | None = None
         self.inference_header_length: bytes | None = None  # the binary tensor data extension's JSON length
@@ -64,6 +66,8 @@ class Headers:
                 self.authorization = value
             elif name == b"content-length":
                 self.content_length = value
+            elif name == b"content-type":
+                self.content_type = value
             elif name == b"transfer-encoding":
                 self.chunked = True
             elif name == b"x-request-id":

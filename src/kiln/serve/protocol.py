@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..export.preprocess import InputError, Preprocessing
 from .tensors import RequestError, TensorSpec, as_array, as_shaped_array, from_binary
 
-__all__ = ["Decoded", "decode_v1", "decode_v2", "encode_v1", "encode_v2", "encode_v2_binary", "parse_json",
-           "split_binary"]  # fmt: skip
+__all__ = ["Decoded", "decode_declared", "decode_v1", "decode_v2", "encode_v1", "encode_v2", "encode_v2_binary",
+           "media_kind", "parse_json", "split_binary"]  # fmt: skip
 
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
 _NAMED = (("NaN", np.isnan), ("Infinity", np.isposinf), ("-Infinity", np.isneginf))
@@ -123,11 +124,58 @@ def decode_v1(payload: Any, specs: Sequence[TensorSpec]) -> Decoded:
     return Decoded(arrays, single=singles.pop())
 
 
-def encode_v1(outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], single: bool) -> bytes:
-    """``{"outputs": array}`` (one output) or ``{"outputs": {name: array}}``; a single sample loses its batch dim."""
+def encode_v1(
+    outputs: Sequence[np.ndarray], specs: Sequence[TensorSpec], single: bool, labels: Sequence[str] | None = None
+) -> bytes:
+    """``{"outputs": array}`` (one output) or ``{"outputs": {name: array}}``; a single sample loses its batch dim.
+
+    ``labels`` (a package that declares its class names) adds ``"labels"``: one name per sample, or one name.
+    """
     values = [_json_values(out[0] if single else out) for out in outputs]
     body: Any = values[0] if len(specs) == 1 else {s.name: v for s, v in zip(specs, values, strict=True)}
-    return orjson.dumps({"outputs": body}, option=_NUMPY)
+    if labels is None:
+        return orjson.dumps({"outputs": body}, option=_NUMPY)
+    return orjson.dumps({"outputs": body, "labels": labels[0] if single else list(labels)}, option=_NUMPY)
+
+
+# Content types of a request body that is one file, not JSON: what it is, for the declared preprocessing.
+_MEDIA = {b"audio/wav": "audio", b"audio/x-wav": "audio", b"audio/wave": "audio", b"audio/vnd.wave": "audio",
+          b"image/png": "image", b"image/jpeg": "image", b"text/plain": "text"}  # fmt: skip
+
+
+def media_kind(content_type: bytes | None) -> str | None:
+    """``"audio"``, ``"image"`` or ``"text"`` for a file body's Content-Type, None for JSON (or anything else)."""
+    if content_type is None:
+        return None
+    return _MEDIA.get(content_type.partition(b";")[0].strip().lower())
+
+
+def decode_declared(body: bytes, media: str | None, steps: Preprocessing, specs: Sequence[TensorSpec]) -> Decoded:
+    """A v1 request to a model that declares its input preprocessing: the body is one file of kind ``media``
+    (``"audio"``, ``"image"``, ``"text"``), or JSON ``{"inputs": ...}`` of raw values (texts, base64 files, rows).
+
+    Example:
+        >>> decode_declared(b'{"inputs": ["the striker scored"]}', None, steps, specs).arrays[0].shape
+        (1, 24)
+    """
+    assert steps.input is not None
+    if media == "text" and steps.input.kind != "text":
+        media = None  # JSON sent as text/plain, as some clients do
+    try:
+        if media is None:
+            inputs = _object(parse_json(body), "an 'inputs' field").get("inputs")
+            if inputs is None:
+                raise RequestError(400, f"the request body has no 'inputs' field; send {steps.describe()['send'][0]}.")
+            array, single = steps.from_json(inputs)
+        elif media != steps.input.kind:
+            raise RequestError(
+                415, f"the body is {media} but this model takes {steps.input.kind}; send {steps.describe()['send'][0]}."
+            )
+        else:
+            array, single = steps.from_file(body), True
+    except InputError as error:
+        raise RequestError(error.status, error.message) from None
+    return Decoded((array.astype(specs[0].dtype, copy=False),), single=single)
 
 
 def decode_v2(

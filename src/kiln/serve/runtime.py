@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, IntegrityError, NotFoundError
+from ..export.preprocess import Preprocessing, parse_preprocessing
 from ..export.trust import check_trust, env_trust
 from ..store.manifest import FORMAT
 from ..store.onnx_check import check_onnx
@@ -112,6 +113,7 @@ class LoadedRuntime:
     outputs: tuple[TensorSpec, ...]
     preprocessing: dict[str, Any] | None
     load_seconds: float
+    steps: Preprocessing | None = None  # the declared preprocessing v1 requests go through (None: free-form only)
 
     @property
     def kind(self) -> str:
@@ -153,10 +155,14 @@ def _verified(store: Any, reference: str) -> Any:
 def _runtime(name: str, version: str, reference: str, runner: OnnxRunner | TorchRunner, spec: dict[str, Any],
              started: float) -> LoadedRuntime:  # fmt: skip
     signature = spec["signature"]
+    # Checked again at load time (it was at register time): a package is data, and this one may have been edited.
+    steps = parse_preprocessing(spec.get("preprocessing"), where=f"{reference}: preprocessing", error=IntegrityError)
+    if steps is not None:
+        steps.check_signature(signature, where=reference, error=IntegrityError)
     return LoadedRuntime(
         name=name, version=version, reference=reference, run=runner,
         inputs=specs_from_signature(signature, "inputs"), outputs=specs_from_signature(signature, "outputs"),
-        preprocessing=spec.get("preprocessing"), load_seconds=time.perf_counter() - started,
+        preprocessing=spec.get("preprocessing"), load_seconds=time.perf_counter() - started, steps=steps,
     )  # fmt: skip
 
 
