@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "kiln": 0, "kiln.errors": 0, "kiln._atomic": 0,
     "kiln.distributed": 1,
     "kiln.data": 2, "kiln.kernels": 2, "kiln.store": 2,
+    "kiln._tokens": 2, "kiln._wav": 2,  # data's torch-free tokenizer and WAV decoder, shared with the server
     "kiln.train": 3, "kiln.export": 3,
     "kiln.serve": 4,
     "kiln.ui": 5, "kiln.jobs": 5, "kiln.tune": 5,
@@ -30,9 +31,10 @@ ALLOWED_UP: dict[tuple[str, str], str] = {
     ("kiln.store.store", "kiln.export"): "Store.load, deprecated in 0.2 (use kiln.export.load), removed in 0.3",
 }
 
-# Modules that never import torch, not even lazily: the store holds bytes, hashes and rows, and the trust rules are
-# used by the server's ONNX path, which starts without torch (tests/store/test_schema.py checks that at run time).
-TORCH_FREE = ("kiln.store", "kiln.export.trust")
+# Modules that never import torch, not even lazily: the store holds bytes, hashes and rows, and the trust rules and
+# the declared preprocessing (with the tokenizer and WAV decoder it shares with kiln.data) are used by the server's
+# ONNX path, which starts without torch (tests/store/test_schema.py checks that at run time).
+TORCH_FREE = ("kiln.store", "kiln.export.trust", "kiln.export.preprocess", "kiln._tokens", "kiln._wav")
 
 
 def modules() -> dict[str, Path]:

@@ -80,7 +80,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
                             "type": "image", "mode": "RGB", "size": [4, 4]}})  # fmt: skip
         register_module(rows, "tabular", store=store, example_input=torch.zeros(1, 3),
                         preprocessing={"format": FORMAT, "output": classes("benign", "malignant"), "notes": {"x": 1},
-                                       "input": {"type": "standardize", "mean": mean.tolist(), "std": std.tolist()}})
+                                       "input": {"type": "standardize", "mean": mean.tolist(), "std": std.tolist()}})  # fmt: skip
     return Models(path, vocabulary, text, audio, image, rows, mean, std)
 
 
