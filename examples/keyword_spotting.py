@@ -10,7 +10,10 @@ its own three-tone melody, varied the same way. `kiln.data.AudioFolder` decodes 
 The model's first step is `kiln.data.log_mel_spectrogram` (`torch.stft` and a mel filterbank: 32 bands, 256-sample
 frames every 128 samples), so the exported ONNX graph contains the feature extraction and the server takes the
 waveform: a client sends samples (decoded and resampled by `AudioFolder.load`), not features it would have to
-compute the same way. The package's preprocessing records the audio format.
+compute the same way. The package's preprocessing records the audio format. What that first layer makes of one
+recording of each word (drawn by `scripts/gallery_pictures.py` with the script's own voices and front end):
+
+![Log-mel spectrograms of one recording of each keyword](docs/images/gallery/keyword_spectrograms.png)
 
 ```bash
 python examples/keyword_spotting.py --epochs 15

@@ -5,22 +5,10 @@ file with a header and a text label, as a spreadsheet would export it, and read 
 `kiln.data.read_csv(path, label="diagnosis")`: text labels become class ids, `dataset.classes` names them. The
 features span four orders of magnitude (areas in the thousands, smoothness around 0.1), so they are standardised with
 the training set's mean and standard deviation — `kiln.data.Normalize(mean, std)` as the datasets' batch transform —
-and the same numbers are registered as the package's preprocessing:
-
-```python
-preprocessing = {
-    "standardize": {"mean": mean.tolist(), "std": std.tolist()},  # client side: (x - mean) / std
-    "features": list(load_breast_cancer().feature_names),  # the column order the model expects
-    "classes": data.classes,  # what each output index means
-}
-version = model.register(
-    NAME,
-    preprocessing=preprocessing,
-    example_input=Normalize(mean, std)(test.x[:1]),
-```
-
-The client reads it back from the server (`client.metadata("breast-cancer")["preprocessing"]`, that is
-`GET /v1/models/breast-cancer`), standardises raw CSV rows and sends them:
+and the same numbers are registered as the package's preprocessing, with the feature names and the classes
+(`preprocessing = {"standardize": {"mean": [...], "std": [...]}, "features": [...], "classes": [...]}`). The
+client reads it back from the server (`client.metadata("breast-cancer")["preprocessing"]`, that is
+`GET /v1/models/breast-cancer`), standardises raw CSV rows with it (`standardise` in the script) and sends them:
 
 ```bash
 python examples/tabular.py --epochs 30

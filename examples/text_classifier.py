@@ -8,15 +8,9 @@ mean of the words' embeddings, padding skipped) and a linear layer.
 
 The vocabulary is part of the package: `vocabulary.state_dict()` (the tokenizer's name and the tokens in id order,
 plain JSON) goes into `preprocessing` with the maximum length and the class names. A client rebuilds the tokenizer
-from the server's metadata, so it always tokenises as the served version was trained (`kiln serve` takes tensors;
-it does not tokenise text itself):
-
-```python
-meta = client.metadata(NAME)["preprocessing"]  # what the client needs to talk to this version
-client_vocabulary = Vocabulary().load_state_dict(meta["vocabulary"])
-ids = client_vocabulary.encode_batch(texts, max_length=meta["max_length"])  # (4, L) int64
-labels = [meta["classes"][i] for i in client.predict(NAME, ids.numpy()).argmax(-1)]
-```
+from the server's metadata (`Vocabulary().load_state_dict(meta["vocabulary"])`), so it always tokenises as the
+served version was trained, sends the token ids and maps the answer back to topic names (`kiln serve` takes
+tensors; it does not tokenise text itself).
 
 ```bash
 python examples/text_classifier.py --epochs 10

@@ -88,7 +88,8 @@ def test_pictures_and_links_point_at_the_site():
             pictures[example.name] = path.resolve().relative_to(ROOT / "docs").as_posix()
     # the examples that draw a picture show it
     assert pictures == {"image_folder": "images/gallery/shapes_augmentation.png", "gan": "images/gallery/gan.png",
-                        "gradients": "images/gallery/gradients.png"}  # fmt: skip
+                        "gradients": "images/gallery/gradients.png",
+                        "keyword_spotting": "images/gallery/keyword_spectrograms.png"}  # fmt: skip
     assert "](../custom_step.md)" in gallery_pages.page(gallery_pages.read("gan"))
     assert "](digits.md)" in gallery_pages.page(gallery_pages.read("digits_distributed"))
 
