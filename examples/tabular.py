@@ -72,13 +72,6 @@ def mlp(features: int, hidden: int = 64, classes: int = 2) -> nn.Module:
     )
 
 
-def standardise(raw: np.ndarray, preprocessing: dict) -> np.ndarray:
-    """What a client does with the package's preprocessing: (x - mean) / std, feature by feature."""
-    mean = np.asarray(preprocessing["standardize"]["mean"], dtype=np.float32)
-    std = np.asarray(preprocessing["standardize"]["std"], dtype=np.float32)
-    return (raw - mean) / std
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30)
@@ -120,38 +113,40 @@ def main() -> None:
     result = model.evaluate(test)
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
 
-    preprocessing = {
-        "standardize": {"mean": mean.tolist(), "std": std.tolist()},  # client side: (x - mean) / std
-        "features": list(load_breast_cancer().feature_names),  # the column order the model expects
-        "classes": data.classes,  # what each output index means
-    }
+    preprocessing = {  # what the server does with a request: raw rows in, diagnoses out (kiln.export.preprocess)
+        "format": "kiln.preprocessing/1",
+        "input": {"type": "standardize", "mean": mean.tolist(), "std": std.tolist(),  # (x - mean) / std, per feature
+                  "features": list(load_breast_cancer().feature_names)},  # the column order the model expects
+        "output": {"type": "classes", "names": data.classes},  # answers carry "labels" next to the logits
+    }  # fmt: skip
     version = model.register(
         NAME,
         preprocessing=preprocessing,
         example_input=Normalize(mean, std)(test.x[:1]),
-        description="MLP on scikit-learn's breast-cancer table (standardised features)",
+        description="MLP on scikit-learn's breast-cancer table (standardised by the server)",
     )
     promote(version, model.run_id)
 
     raw = test.x.numpy()  # (N, 30): measurements as they are in the CSV, not standardised
     show_commands(
         f"{NAME}@production",
-        {"inputs": standardise(raw[:1], preprocessing)},
+        {"inputs": raw[:1]},
         Path("breast_cancer.json"),
-        note="the request holds one standardised row: (raw - mean) / std, from the model's preprocessing",
+        note="the request holds one raw CSV row: the server standardises it and answers its diagnosis",
     )
     if args.no_serve:
         return
-    expected = model.predict(test).argmax(-1).numpy()
+    expected = [data.classes[i] for i in model.predict(test).argmax(-1).tolist()]
     with served(f"{NAME}@production") as client:
-        metadata = client.metadata(NAME)  # version, runtime, signature, and the preprocessing registered above
-        logits = client.predict(NAME, standardise(raw, metadata["preprocessing"]))
-    predicted = logits.argmax(-1)
-    accuracy = float((predicted == test.y.numpy()).mean())
-    agree = float((predicted == expected).mean())
+        metadata = client.metadata(NAME)  # version, runtime, signature, the preprocessing and what the server applies
+        labels = client.answer(NAME, raw)["labels"]  # raw rows in, diagnoses out
+    truth = [data.classes[i] for i in test.y.tolist()]
+    accuracy = float(np.mean([a == b for a, b in zip(labels, truth, strict=True)]))
+    agree = float(np.mean([a == b for a, b in zip(labels, expected, strict=True)]))
+    print(f"  labels of the first five test rows: {labels[:5]}")
     print(
         f"served {metadata['reference']} ({metadata['runtime']}): {len(raw)} raw test rows standardised by the "
-        f"client, accuracy {accuracy:.4f}, agreement with the in-process model {agree:.4f}"
+        f"server, accuracy {accuracy:.4f}, agreement with the in-process model {agree:.4f}"
     )
 
 

@@ -56,7 +56,7 @@ from torch import nn
 
 import kiln
 import kiln.store
-from kiln.data import Vocabulary, read_jsonl
+from kiln.data import read_jsonl
 
 NAME = "topics"
 MAX_LENGTH = 24
@@ -139,37 +139,39 @@ def main() -> None:
     result = model.evaluate(test)
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
 
-    preprocessing = {
-        "vocabulary": vocabulary.state_dict(),  # {"tokenizer": "word", "tokens": [...]}: token id = list index
-        "max_length": MAX_LENGTH,  # ids are cut to this length and padded with 0 (<pad>) at the end
-        "classes": train.classes,
-    }
+    preprocessing = {  # what the server does with a request: text in, topic names out (kiln.export.preprocess)
+        "format": "kiln.preprocessing/1",
+        "input": {"type": "text", "tokenizer": "word", "vocabulary": vocabulary.state_dict()["tokens"],
+                  "max_length": MAX_LENGTH},  # the training tokenizer and ids; cut to MAX_LENGTH, padded with 0
+        "output": {"type": "classes", "names": train.classes},  # answers carry "labels" next to the logits
+    }  # fmt: skip
     version = model.register(
         NAME,
         preprocessing=preprocessing,
         example_input=test.x[:1],
-        description="embedding bag on a generated topic corpus; vocabulary in preprocessing",
+        description="embedding bag on a generated topic corpus; text in, topic out",
     )
     promote(version, model.run_id)
 
     texts = ["the striker scored a late goal and the fans went wild", "expect heavy rain and strong wind tonight",
              "melt the butter in a pan then add the garlic", "the laptop needs a software update"]  # fmt: skip
-    show_commands(f"{NAME}@production", {"inputs": vocabulary.encode_batch(texts[:1], max_length=MAX_LENGTH).numpy()},
-                  Path("topics.json"), note=f"the request holds the token ids of {texts[0]!r}")  # fmt: skip
+    show_commands(f"{NAME}@production", {"inputs": texts[:1]}, Path("topics.json"),
+                  note="the request holds the text itself: the server tokenizes it and answers its topic")  # fmt: skip
     if args.no_serve:
         return
+    test_texts = [json.loads(line)["text"] for line in Path("topics_test.jsonl").read_text().splitlines()]
     with served(f"{NAME}@production") as client:
-        meta = client.metadata(NAME)["preprocessing"]  # what the client needs to talk to this version
-        client_vocabulary = Vocabulary().load_state_dict(meta["vocabulary"])
-        ids = client_vocabulary.encode_batch(texts, max_length=meta["max_length"])  # (4, L) int64
-        labels = [meta["classes"][i] for i in client.predict(NAME, ids.numpy()).argmax(-1)]
-        served_test = client.predict(NAME, test.x.numpy()).argmax(-1)
+        labels = client.answer(NAME, texts)["labels"]  # raw text in, topic names out
+        served_test = [label for i in range(0, len(test_texts), 256)
+                       for label in client.answer(NAME, test_texts[i : i + 256])["labels"]]  # fmt: skip
     for text, label in zip(texts, labels, strict=True):
         print(f"  {label:<10} <- {text!r}")
-    accuracy = float((served_test == test.y.numpy()).mean())
-    agree = float((served_test == model.predict(test).argmax(-1).numpy()).mean())
-    print(f"served {NAME}@production: {len(test)} test sentences over HTTP, accuracy {accuracy:.4f}, "
-          f"agreement with the in-process model {agree:.4f}")  # fmt: skip
+    truth = [train.classes[i] for i in test.y.tolist()]
+    in_process = [train.classes[i] for i in model.predict(test).argmax(-1).tolist()]
+    accuracy = float(np.mean([a == b for a, b in zip(served_test, truth, strict=True)]))
+    agree = float(np.mean([a == b for a, b in zip(served_test, in_process, strict=True)]))
+    print(f"served {NAME}@production: {len(test_texts)} test sentences sent as text over HTTP, accuracy "
+          f"{accuracy:.4f}, agreement with the in-process model {agree:.4f}")  # fmt: skip
     if not np.isclose(agree, 1.0):
         raise SystemExit("the served model disagrees with the trained one")
 
