@@ -90,8 +90,9 @@ def open_storage(store: Store, *, heartbeat: int = HEARTBEAT_SECONDS, grace: int
     options = {"connect_args": {"timeout": _BUSY_TIMEOUT_S}} if sqlite else {"pool_pre_ping": True}
     beat: dict[str, Any] = {}
     if not sqlite:
-        beat = {"heartbeat_interval": heartbeat, "grace_period": grace,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(MAX_RETRY)}  # fmt: skip
+        with quiet_optuna():  # the callback is "experimental" in Optuna: a warning on every open, at every user
+            retry = RetryHeartbeatStaleTrialCallback(MAX_RETRY)
+        beat = {"heartbeat_interval": heartbeat, "grace_period": grace, "heartbeat_stale_trial_callback": retry}
     for attempt in range(5):
         try:
             with quiet_optuna():
