@@ -39,6 +39,7 @@ expected.
 from __future__ import annotations
 
 import argparse
+import base64
 import math
 import random
 import shutil
@@ -48,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from serving import promote, served, show_commands
+from serving import promote, served, show_file_commands
 from torch import nn
 
 import kiln
@@ -164,35 +165,35 @@ def main() -> None:
     result = model.evaluate(test)
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
 
-    preprocessing = {
-        "image": {"decode": "RGB", "size": [SIZE, SIZE], "layout": "CHW", "divide_by": 255},  # PNG -> float32 [0, 1]
-        "classes": train_folder.classes,
-    }
+    preprocessing = {  # what the server does with a request: a PNG or JPEG in, the shape out (kiln.export.preprocess)
+        "format": "kiln.preprocessing/1",
+        "input": {"type": "image", "mode": "RGB", "size": [SIZE, SIZE], "divide_by": 255, "layout": "CHW"},
+        "output": {"type": "classes", "names": train_folder.classes},  # answers carry "labels" next to the logits
+    }  # decoded as ImageFolder decodes: RGB, resized to 32x32 if it is not, / 255, (3, H, W) float32
     version = model.register(
         NAME,
         preprocessing=preprocessing,
         example_input=test.x[:1],
-        description="small CNN on PNG shapes read through ImageFolder, with augmentation",
+        description="small CNN on PNG shapes read through ImageFolder, with augmentation; PNG in, shape out",
     )
     promote(version, model.run_id)
 
-    files = [path for path, _ in test_folder.samples]
-    one = test_folder.load(files[0])[None].numpy()  # (1, 3, 32, 32): what a client sends for one PNG file
-    show_commands(
-        f"{NAME}@production",
-        {"inputs": one},
-        Path("shapes.json"),
-        note=f"the request holds {Path(files[0]).relative_to(root)} as float32 RGB / 255, CHW",
-    )
+    files = [Path(path) for path, _ in test_folder.samples]
+    show_file_commands(f"{NAME}@production", files[0], "image/png",
+                       note="the server decodes the PNG file as ImageFolder does and answers its shape")  # fmt: skip
     if args.no_serve:
         return
-    expected = model.predict(test.x).argmax(-1).numpy()
+    expected = [train_folder.classes[i] for i in model.predict(test.x).argmax(-1).tolist()]
     with served(f"{NAME}@production") as client:
-        batches = [np.stack([test_folder.load(f).numpy() for f in files[i : i + 64]]) for i in range(0, len(files), 64)]
-        predicted = np.concatenate([client.predict(NAME, batch) for batch in batches]).argmax(-1)
-    accuracy = float((predicted == test.y.numpy()).mean())
-    agree = float((predicted == expected).mean())
-    print(f"served {NAME}@production: {len(files)} PNG files over HTTP, accuracy {accuracy:.4f}, "
+        one = client.answer(NAME, data=files[0].read_bytes(), content_type="image/png")["labels"]  # one file, raw
+        labels = [label for i in range(0, len(files), 64)  # the rest 64 at a time, base64 in JSON
+                  for label in client.answer(NAME, [{"b64": base64.b64encode(f.read_bytes()).decode()}
+                                                    for f in files[i : i + 64]])["labels"]]  # fmt: skip
+    print(f"  {one:<8} <- {files[0].relative_to(root)}")
+    truth = [train_folder.classes[i] for i in test.y.tolist()]
+    accuracy = float(np.mean([a == b for a, b in zip(labels, truth, strict=True)]))
+    agree = float(np.mean([a == b for a, b in zip(labels, expected, strict=True)]))
+    print(f"served {NAME}@production: {len(files)} PNG files sent as they are over HTTP, accuracy {accuracy:.4f}, "
           f"agreement with the in-process model {agree:.4f}")  # fmt: skip
 
 

@@ -64,12 +64,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving import promote, served, show_commands
+from serving import promote, served, show_file_commands
 from torch import nn
 
 import kiln
 import kiln.store
-from kiln.data import AudioFolder, log_mel_spectrogram
+from kiln.data import AudioFolder, log_mel_spectrogram, read_wav
 
 NAME = "keywords"
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
@@ -173,40 +173,52 @@ def main() -> None:
     result = model.evaluate(test)
     print(f"test accuracy {result['accuracy']:.4f}  test loss {result['loss']:.4f}")
 
-    preprocessing = {
-        "audio": {"sample_rate": SAMPLE_RATE, "channels": 1, "samples": SAMPLE_RATE, "dtype": "float32 in [-1, 1]",
-                  "length": "cut or zero-padded at the end to one second"},  # what AudioFolder.load does
-        "classes": train_folder.classes,
+    preprocessing = {  # what the server does with a request: a WAV file in, the keyword out (kiln.export.preprocess)
+        "format": "kiln.preprocessing/1",
+        "input": {"type": "audio", "sample_rate": SAMPLE_RATE, "channels": 1, "samples": SAMPLE_RATE,
+                  "layout": "CT"},  # 8 kHz mono PCM, cut or zero-padded to one second -> (1, 8000) float32
+        "output": {"type": "classes", "names": train_folder.classes},  # answers carry "labels" next to the logits
     }  # fmt: skip
     version = model.register(
         NAME,
         preprocessing=preprocessing,
         example_input=test.x[:1],
-        description=f"keyword spotting on {source} recordings; waveform in, log-mel inside",
+        description=f"keyword spotting on {source} recordings; WAV in, log-mel inside, keyword out",
     )
     promote(version, model.run_id)
 
-    files = [path for path, _ in test_folder.samples]
-    show_commands(
-        f"{NAME}@production",
-        {"inputs": test_folder.load(files[0])[None].numpy()},
-        Path("keywords.json"),
-        note=f"the request holds {Path(files[0]).relative_to(root)}: 8000 samples at 8 kHz, float32",
-    )
+    # The server takes 8 kHz WAV files as they are and does not resample; the recordings are at 22,050 Hz (espeak-ng)
+    # or 16 kHz (tones), so the test set is written once more as 8 kHz 16-bit WAV files, as a telephone line records.
+    files = [Path(path) for path, _ in test_folder.samples]
+    phone = Path("keywords_8khz")
+    phone.mkdir(exist_ok=True)
+    wavs = [write_wav(phone / f"{i:03d}_{path.parent.name}.wav", test_folder.load(path)[0].numpy())
+            for i, path in enumerate(files)]  # fmt: skip
+    show_file_commands(f"{NAME}@production", wavs[0], "audio/wav",
+                       note=f"{wavs[0]} is {files[0].relative_to(root)} at 8 kHz: the server decodes it")  # fmt: skip
     if args.no_serve:
         return
-    expected = model.predict(test.x).argmax(-1).numpy()
+    # in process, the samples the server decodes from those files (kiln.data.read_wav and the server share a decoder)
+    expected = model.predict(torch.stack([torch.from_numpy(read_wav(w)[0])[None] for w in wavs])).argmax(-1)
     with served(f"{NAME}@production") as client:
-        classes = client.metadata(NAME)["preprocessing"]["classes"]
-        waveforms = np.stack([test_folder.load(path).numpy() for path in files])  # (N, 1, 8000) from the WAV files
-        predicted = np.concatenate([client.predict(NAME, waveforms[i : i + 32]) for i in range(0, len(files), 32)])
-    predicted = predicted.argmax(-1)
-    for path, index in list(zip(files, predicted, strict=True))[:: max(1, len(files) // 5)]:
-        print(f"  {classes[index]:<6} <- {Path(path).relative_to(root)}")
-    accuracy = float((predicted == test.y.numpy()).mean())
-    agree = float((predicted == expected).mean())
-    print(f"served {NAME}@production: {len(files)} WAV files over HTTP, accuracy {accuracy:.4f}, "
+        labels = [client.answer(NAME, data=w.read_bytes(), content_type="audio/wav")["labels"] for w in wavs]
+    for wav, label in list(zip(wavs, labels, strict=True))[:: max(1, len(wavs) // 5)]:
+        print(f"  {label:<6} <- {wav}")
+    truth = [train_folder.classes[i] for i in test.y.tolist()]
+    accuracy = float(np.mean([a == b for a, b in zip(labels, truth, strict=True)]))
+    agree = float(np.mean([a == train_folder.classes[b] for a, b in zip(labels, expected.tolist(), strict=True)]))
+    print(f"served {NAME}@production: {len(wavs)} WAV files sent as they are over HTTP, accuracy {accuracy:.4f}, "
           f"agreement with the in-process model {agree:.4f}")  # fmt: skip
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    """``samples`` (T,) in [-1, 1] as a mono 16-bit PCM WAV file."""
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes((np.clip(samples, -1, 1) * 32767).round().astype("<i2").tobytes())
+    return path
 
 
 if __name__ == "__main__":

@@ -78,6 +78,18 @@ def show_commands(reference: str, request: dict[str, Any], path: Path, *, note: 
         print(f"            {note}")
 
 
+def show_file_commands(reference: str, path: Path, content_type: str, *, note: str = "") -> None:
+    """Print the commands that serve the model and send it one file (WAV, PNG, ...) as it is."""
+    name = reference.split("@")[0]
+    print(f"\nserve it:   kiln serve {reference}")
+    print(
+        f"query it:   kiln predict {name} --file {path}     # or: curl -s localhost:8000/v1/models/{name}:predict "
+        f"--data-binary @{path} -H 'Content-Type: {content_type}'"
+    )
+    if note:
+        print(f"            {note}")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()

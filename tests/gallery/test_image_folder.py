@@ -22,7 +22,9 @@ def test_image_folder_writes_pngs_trains_with_augmentation_and_serves(tmp_path):
         assert image.size == (32, 32) and image.mode == "RGB"
     with Image.open(tmp_path / "samples.png") as image:  # 8 images, then the same 8 augmented, 4x enlarged
         assert image.size == (8 * 32 * 4, 2 * 32 * 4)
-    served = re.search(r"served shapes@production: 200 PNG files over HTTP, accuracy ([0-9.]+), agreement with "
-                       r"the in-process model ([0-9.]+)", output)  # fmt: skip
+    served = re.search(r"served shapes@production: 200 PNG files sent as they are over HTTP, accuracy ([0-9.]+), "
+                       r"agreement with the in-process model ([0-9.]+)", output)  # fmt: skip
     assert served, output
-    assert float(served.group(1)) >= 0.9 and float(served.group(2)) == 1.0
+    assert float(served.group(1)) >= 0.9 and float(served.group(2)) == 1.0  # labels of raw PNG files, served
+    assert re.search(r"^  (circle|cross|square|triangle) +<- test/", output, re.MULTILINE), output
+    assert "kiln predict shapes --file " in output and "-H 'Content-Type: image/png'" in output

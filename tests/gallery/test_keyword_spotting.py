@@ -1,4 +1,5 @@
-"""examples/keyword_spotting.py: synthesised WAV files -> AudioFolder -> log-mel CNN -> served with waveforms in."""
+"""examples/keyword_spotting.py: synthesised WAV files -> AudioFolder -> log-mel CNN -> served with WAV files in
+and keywords out."""
 
 from __future__ import annotations
 
@@ -24,10 +25,14 @@ def test_keyword_spotting_trains_on_wav_files_and_serves_waveforms(tmp_path):
     source = "espeak-ng" if shutil.which("espeak-ng") else "tones"
     assert f"recordings: {source}, cached in {cache}" in output
     assert len(list((cache / "train").glob("*/*.wav"))) == 200 and len(list((cache / "test").glob("*/*.wav"))) == 50
-    served = re.search(r"served keywords@production: 50 WAV files over HTTP, accuracy ([0-9.]+), agreement with "
-                       r"the in-process model ([0-9.]+)", output)  # fmt: skip
+    served = re.search(r"served keywords@production: 50 WAV files sent as they are over HTTP, accuracy ([0-9.]+), "
+                       r"agreement with the in-process model ([0-9.]+)", output)  # fmt: skip
     assert served, output
-    assert float(served.group(1)) >= 0.8 and float(served.group(2)) == 1.0
+    assert float(served.group(1)) >= 0.8 and float(served.group(2)) == 1.0  # labels of raw WAV files, served
+    sent = sorted((tmp_path / "keywords_8khz").glob("*.wav"))
+    assert len(sent) == 50 and all(read_wav(path)[1] == 8000 for path in sent)  # the files the server decoded
+    assert f"kiln predict keywords --file {sent[0].relative_to(tmp_path)}" in output
+    assert re.search(r"^  (yes|no|up|down|left|right|on|off|stop|go) +<- keywords_8khz/", output, re.MULTILINE)
 
 
 @pytest.fixture
