@@ -15,10 +15,16 @@ How an execution is recorded (the store has no pipeline tables; see docs/pipelin
 ``resume=True`` continues the newest execution of the same pipeline when it did not finish (killed or failed) and
 the pipeline is unchanged: finished steps are skipped and their recorded outputs reused, the step that was running
 runs again (a train step from its last checkpoint, in the execution's own folder under ``workdir``).
+
+A stopped execution keeps every checkpoint, for that resume. A finished one prunes them as ``[pipeline]
+keep_checkpoints`` says (default ``auto``): a train step whose run this execution registered loses its checkpoints
+(the version holds the weights), any other keeps its last one (its run can still be evaluated or registered later);
+the execution's folder goes when nothing is left in it. Only checkpoint files are removed, never anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,11 +39,20 @@ from typing import Any
 from ..errors import ConfigError, KilnError
 from ..store import Run, RunInfo, Store
 from ..store.runs import jsonable
+from ..train.checkpoint import list_checkpoints
 from .pipeline import Pipeline
 from .steps import Context, GateFailed, execute, resolved
 from .train import open_store
 
-__all__ = ["ARTIFACT", "ExecutionResult", "find_resumable", "read_record", "run_pipeline", "summarize"]
+__all__ = [
+    "ARTIFACT",
+    "ExecutionResult",
+    "find_resumable",
+    "prune_checkpoints",
+    "read_record",
+    "run_pipeline",
+    "summarize",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +184,39 @@ def _metrics(name: str, kind: str, outputs: dict[str, Any], seconds: float) -> d
     return found
 
 
+def prune_checkpoints(workdir: Path, steps: list[dict[str, Any]], keep: str) -> list[Path]:
+    """Prune a finished execution's checkpoints in ``workdir`` as ``keep`` says (see the module docstring).
+
+    ``steps`` is the execution's record. Returns the checkpoint files removed. Each train step's folder, then
+    ``workdir`` itself, is removed when it is left empty; anything else in them stays.
+    """
+    if keep == "all":
+        return []
+    registered = {entry["outputs"]["run_id"] for entry in steps if entry["kind"] == "register"}
+    removed: list[Path] = []
+    for entry in steps:
+        if entry["kind"] != "train":
+            continue
+        folder = workdir / entry["name"]
+        found = list_checkpoints(folder)
+        drop = found if keep == "auto" and entry["outputs"]["run_id"] in registered else found[:-1]
+        for path in drop:
+            try:
+                path.unlink()
+            except OSError as error:  # the execution finished all the same: say so, do not fail it
+                logger.warning("could not remove checkpoint %s: %s", path, error)
+                continue
+            removed.append(path)
+        _remove_if_empty(folder)
+    _remove_if_empty(workdir)
+    return removed
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (a checkpoint kept, or files that are not ours), or already gone
+        folder.rmdir()
+
+
 def run_pipeline(
     pipeline: Pipeline,
     *,
@@ -242,4 +290,8 @@ def run_pipeline(
             raise type(error)(f"step {step.name} ({step.kind}): {error}") from error
         raise
     run.finish("finished")
+    removed = prune_checkpoints(workdir, record["steps"], pipeline.section.keep_checkpoints)
+    if removed:
+        keep = pipeline.section.keep_checkpoints
+        log(f"removed {len(removed)} checkpoint file(s) of this finished execution (keep_checkpoints = {keep!r})")
     return ExecutionResult(run.id, resumed, record["steps"])

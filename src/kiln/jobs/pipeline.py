@@ -60,6 +60,14 @@ class PipelineSection:
             "where train steps keep checkpoints, one folder per execution (default: <store>/jobs/pipelines)", path=True
         ),
     )
+    keep_checkpoints: Literal["auto", "last", "all"] = field(
+        default="auto",
+        metadata=_help(
+            "what stays of the train steps' checkpoints once the execution finishes (a stopped one keeps them all, "
+            "to resume): 'auto' removes those of a run this execution registered and keeps the last of any other; "
+            "'last' keeps each step's last; 'all' keeps everything"
+        ),
+    )
 
 
 @dataclass(kw_only=True)
