@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from kiln.errors import ConfigError, InvalidNameError, StoreError
 from kiln.store import Store
 from kiln.store.liveness import machine_key, this_process
-from kiln.store.runs import mark_killed
+from kiln.store.runs import _Batch, mark_killed
 from kiln.store.schema import runs
 
 from .conftest import Backend
@@ -221,3 +221,19 @@ def test_a_run_resumed_meanwhile_is_not_marked_killed(store: Store) -> None:
     assert store.run(run.id).status == "running"
     _set(store, run.id, process=judged_dead)
     assert store.database.write(lambda connection: mark_killed(connection, {run.id: judged_dead})) == [run.id]
+
+
+def test_a_batch_whose_commit_went_unanswered_is_written_once(store: Store) -> None:
+    """A commit can land and its answer be lost (the server restarting at that moment): the run keeps such a batch
+    as unsure and, before sending it again, looks for the heartbeat that batch set. Simulated here by marking a
+    committed batch, and then one never sent, as unsure (a real lost answer cannot be timed from a test)."""
+    run = store.start_run("unanswered", flush_rows=10**6, flush_seconds=1e9)
+    run.log_rows([("loss", step, step / 10, None) for step in range(5)])
+    run.flush()  # committed; suppose its answer never came
+    run._unsure = _Batch(run._stamp, [("loss", step, step / 10, None) for step in range(5)])
+    run.log_rows([("loss", step, step / 10, None) for step in range(5, 8)])
+    run.flush()  # the unsure batch is found committed; 5..7 are written
+    run._unsure = _Batch(run._stamp + 1.0, [("loss", step, step / 10, None) for step in range(8, 10)])  # not sent
+    run.finish()
+    assert store.metrics(run.id)["loss"] == [(step, step / 10) for step in range(10)]
+    assert store.run(run.id).status == "finished" and run.pending == 0

@@ -9,15 +9,19 @@ pings before use, snapshot reads, and rows that serialise writers locked with ``
 A transaction that finds the database busy (SQLite's lock, PostgreSQL's serialisation failures and deadlocks) is
 retried whole, with backoff, so "database is locked" never reaches the caller. So is one whose connection was lost
 (PostgreSQL restarted, a network blip) once the database has answered at least once: the work waits for the server
-to come back, for up to ``reconnect_seconds``. A database that never answered fails at once, in one line.
+to come back, for up to ``reconnect_seconds``, or for as long as a :meth:`Database.waiting` block in the calling
+thread says (a server's alias poll and a training run's periodic metric write wait not at all: they try again
+later and carry on meanwhile). A database that never answered fails at once, in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -67,9 +71,28 @@ class Database:
         self.where = describe if describe is not None else url.render_as_string(hide_password=True)
         self._secrets = [s for s in (*secrets, url.password) if isinstance(s, str) and s]
         self.reconnect_seconds = reconnect_seconds
+        self._waiting = threading.local()  # .seconds: this thread's own limit, inside a waiting() block
         self._answered = False  # the database has answered once: a lost connection is waited for, not fatal
         # A store nobody closed (a CLI verb, a short script) still closes its pooled connections when collected.
         weakref.finalize(self, self.engine.dispose)
+
+    @contextlib.contextmanager
+    def waiting(self, seconds: float) -> Iterator[None]:
+        """Within this block, in this thread, wait at most ``seconds`` for a lost connection (0: fail at once).
+
+        For callers that have something better to do than wait: a server polling its alias keeps serving and polls
+        again; a training run keeps its metric rows in memory and writes them later. Other threads are unaffected.
+
+        Example:
+            >>> with store.database.waiting(0):
+            ...     version = store.version("digits@production")  # DatabaseUnavailable at once if it is down
+        """
+        before = getattr(self._waiting, "seconds", None)
+        self._waiting.seconds = seconds
+        try:
+            yield
+        finally:
+            self._waiting.seconds = before
 
     def read(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn`` in a read transaction (one consistent snapshot)."""
@@ -80,6 +103,8 @@ class Database:
         return self._run(fn, "durable" if durable else "write")
 
     def _run(self, fn: Callable[[Connection], T], mode: Mode) -> T:
+        limit = getattr(self._waiting, "seconds", None)
+        patience = self.reconnect_seconds if limit is None else limit
         start = time.monotonic()
         delay = 0.005
         while True:
@@ -99,8 +124,8 @@ class Database:
                         f"the store's database stayed locked for over {_RETRY_FOR_S:.0f} s; another process holds "
                         "a write transaction open. Close it (or remove a stale process) and retry."
                     ) from error
-                if trouble == "disconnected" and (not self._answered or waited > self.reconnect_seconds):
-                    raise DatabaseUnavailable(self._unavailable(error, waited)) from error
+                if trouble == "disconnected" and (not self._answered or waited >= patience):
+                    raise DatabaseUnavailable(self._unavailable(error, waited, mode)) from error
                 if trouble not in ("busy", "disconnected"):
                     raise StoreError(self.explain(error)) from error
             time.sleep(delay * (0.5 + random.random()))  # backoff between retries, not synchronisation
@@ -116,12 +141,14 @@ class Database:
         lines = [line.strip() for line in str(error.orig).splitlines() if line.strip()]
         return self.scrub(lines[0] if lines else type(error.orig).__name__)
 
-    def _unavailable(self, error: DBAPIError, waited: float) -> str:
+    def _unavailable(self, error: DBAPIError, waited: float, mode: Mode) -> str:
         detail = self._first_line(error)
         if self._answered:
+            gone = f" and has not come back in {waited:.0f} s" if waited >= 1 else ""
+            written = "; nothing was written by this call" if mode != "read" else ""
             return (
-                f"the store's database at {self.where} stopped answering and has not come back in {waited:.0f} s "
-                f"({detail}); nothing was written by this call. Retry when the server is back."
+                f"the store's database at {self.where} stopped answering{gone} ({detail}){written}. Retry when the "
+                "server is back."
             )
         return (
             f"cannot reach the store's database at {self.where} ({detail}); check that the server runs and that "

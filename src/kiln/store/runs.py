@@ -322,8 +322,29 @@ def list_runs(
     return run_infos(connection, rows[:limit], now=now, stale_after=stale_after)
 
 
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.5, 8.0  # a periodic write that found the store unreachable: next try, doubling
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Metric rows (and, when finishing, the status) sent in one transaction, stamped with a time of this run's own:
+    the rows' ``time`` and the heartbeat the transaction sets. A retry whose earlier attempt lost its connection
+    while committing finds the heartbeat at ``stamp`` when that attempt did commit, and does not write it twice."""
+
+    stamp: float
+    rows: list[MetricRow]
+    status: str | None = None
+
+
 class Run:
     """A running run: log metrics (buffered), attach artifacts, finish with a status.
+
+    When the store's database cannot be reached (it restarts, the network is down), logging goes on: rows stay in
+    memory, one warning is logged, writes are tried again after 0.5 s, 1 s, 2 s, ... (at most 8 s apart) without
+    holding up the caller, and one info line says when they are written. ``flush()`` and :meth:`finish` wait for
+    the database (up to the store's ``reconnect_seconds``), and raise :class:`DatabaseUnavailable` with the rows
+    still buffered when it does not come back; ``flush(wait=False)`` does not wait. Nothing is written twice: a
+    batch whose commit was cut off before its answer is checked before it is sent again.
 
     Example:
         >>> with store.start_run("digits-cnn", params={"lr": 1e-3}) as run:
@@ -341,9 +362,18 @@ class Run:
         self.status: str = "running"
         self._rows: list[MetricRow] = []
         self._last_flush = time.monotonic()
+        self._unsure: _Batch | None = None  # sent when the connection was lost: committed or not, unknown yet
+        self._stamp = 0.0  # of the last batch: stamps only grow
+        self._retry_delay = 0.0  # > 0 while the store does not answer this run's periodic writes
+        self._retry_at = 0.0  # monotonic time before which a periodic write is not tried again
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, name={self.name!r}, status={self.status!r})"
+
+    @property
+    def pending(self) -> int:
+        """Metric rows logged and not yet known to be written."""
+        return len(self._rows) + (len(self._unsure.rows) if self._unsure is not None else 0)
 
     def log(self, values: Mapping[str, float], *, step: int, epoch: int | None = None) -> None:
         """Buffer one value per metric at ``step``; written with the next flush."""
@@ -352,52 +382,87 @@ class Run:
     def log_rows(self, rows: Iterable[MetricRow]) -> None:
         """Buffer ``(key, step, value, epoch)`` rows (keys already checked by the caller).
 
-        When the buffer is due, it is written; if the database server cannot be reached then (it restarts, the
-        network is down), the rows stay buffered, a warning is logged, and the next flush writes them.
+        When the buffer is due, it is written as by ``flush(wait=False)``: this call never waits for a database
+        server that cannot be reached (it restarts, the network is down).
         """
         self._rows.extend(rows)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
-            try:
-                self.flush()
-            except DatabaseUnavailable as error:
-                logger.warning("run %s: %d metric row(s) kept in memory until the store answers: %s",
-                               self.id, len(self._rows), error)  # fmt: skip
+            self.flush(wait=False)
 
-    def flush(self) -> None:
+    def flush(self, *, wait: bool = True) -> None:
         """Write buffered metrics, and the run's heartbeat, in one transaction (nothing when none are buffered).
 
-        Rows that could not be written because the database is unreachable stay buffered (and the error is raised).
+        With ``wait=True`` an unreachable database is waited for (up to the store's ``reconnect_seconds``), then
+        :class:`DatabaseUnavailable` is raised with the rows still buffered. With ``wait=False`` it is not: the rows
+        stay buffered, a warning is logged (once while the database stays away), and the write is tried again by
+        the next flush at least 0.5 s, 1 s, 2 s, ... (at most 8 s) later.
         """
-        rows, self._rows = self._rows, []
-        self._last_flush = time.monotonic()
-        if rows:
-            now = time.time()
+        now = time.monotonic()
+        self._last_flush = now
+        if wait:
+            self._send(None)
+            return
+        if now < self._retry_at:
+            return
+        try:
+            with self.store.database.waiting(0):
+                self._send(None)
+        except DatabaseUnavailable as error:
+            if self._retry_delay == 0:
+                logger.warning("run %s: %d metric row(s) kept in memory until the store answers: %s",
+                               self.id, self.pending, error)  # fmt: skip
+            self._retry_delay = min(max(2 * self._retry_delay, _RETRY_FIRST_S), _RETRY_MAX_S)
+            self._retry_at = time.monotonic() + self._retry_delay
+
+    def _send(self, status: str | None) -> None:
+        written = 0
+        if self._unsure is not None:
+            self._commit(self._unsure, retry=True)  # DatabaseUnavailable: still unsure, new rows still buffered
+            written, self._unsure = len(self._unsure.rows), None
+        if self._rows or status is not None:
+            batch = _Batch(max(time.time(), self._stamp + 1e-6), self._rows, status)
+            self._stamp, self._rows = batch.stamp, []
             try:
-                self.store.database.write(lambda connection: insert_metrics(connection, self.id, rows, now))
+                self._commit(batch, retry=False)
             except DatabaseUnavailable:
-                self._rows[:0] = rows
+                self._unsure = batch
                 raise
+            written += len(batch.rows)
+        if self._retry_delay:
+            logger.info("run %s: the store answers again; %d metric row(s) kept in memory are written", self.id,
+                        written)  # fmt: skip
+            self._retry_delay = self._retry_at = 0.0
+
+    def _commit(self, batch: _Batch, *, retry: bool) -> None:
+        attempts = 0
+
+        def write(connection: Connection) -> None:
+            nonlocal attempts
+            attempts += 1
+            if retry or attempts > 1:  # an earlier attempt may have committed, and lost only the answer
+                heartbeat = connection.execute(sa.select(runs.c.heartbeat).where(runs.c.id == self.id)).scalar()
+                if heartbeat == batch.stamp:
+                    return
+            insert_metrics(connection, self.id, batch.rows, batch.stamp)
+            if batch.status is not None:
+                connection.execute(runs.update().where(runs.c.id == self.id).values(status=batch.status,
+                                                                                     end_time=batch.stamp))  # fmt: skip
+
+        self.store.database.write(write)
 
     def log_artifact(self, name: str, path: str | os.PathLike[str]) -> Blob:
         """Store a file (a plot, a config, a checkpoint) as a content-addressed artifact of this run."""
         return self.store.log_artifact(self.id, name, path)
 
     def finish(self, status: str = "finished") -> None:
-        """Flush and record ``status`` ("finished", "failed" or "killed") and the end time."""
+        """Flush and record ``status`` ("finished", "failed" or "killed") and the end time.
+
+        Waits for an unreachable database up to the store's ``reconnect_seconds``; then raises
+        :class:`DatabaseUnavailable`, the run still running and its rows buffered (call ``finish`` again).
+        """
         if status not in STATUSES[1:]:
             raise ConfigError(f"a run finishes as 'finished', 'failed' or 'killed'; got {status!r}.")
-        pending, self._rows = self._rows, []
-        now = time.time()
-
-        def run(connection: Connection) -> None:
-            insert_metrics(connection, self.id, pending, now)
-            connection.execute(runs.update().where(runs.c.id == self.id).values(status=status, end_time=now))
-
-        try:
-            self.store.database.write(run)
-        except DatabaseUnavailable:
-            self._rows[:0] = pending
-            raise
+        self._send(status)
         self.status = status
 
     def __enter__(self) -> Run:

@@ -4,7 +4,9 @@ The per-step cost is a counter and, every ``every`` steps, keeping a reference t
 reading the monotonic clock: no ``.item()``, no device sync, no database write. Buffered losses are turned into
 numbers with one ``stack`` and written in one transaction per ``flush_steps`` samples, once ``flush_seconds`` have
 passed, and at every epoch end. Each of those writes is also the run's heartbeat, so a long epoch still tells the
-store its run is alive (see :mod:`kiln.store.runs`).
+store its run is alive (see :mod:`kiln.store.runs`). None of them waits for a database that cannot be reached (a
+PostgreSQL store restarting): training goes on, the rows stay in memory and are written once it answers; only the
+run's end waits for it.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ class TrackingCallback(Callback):
             self._flush_losses()
         elif time.monotonic() >= self._flush_due:  # a long epoch: write now, which is also the run's heartbeat
             self._flush_losses()
-            self.run.flush()
+            self.run.flush(wait=False)  # an unreachable store holds up no training step
 
     def _flush_losses(self) -> None:
         self._flush_due = time.monotonic() + self.flush_seconds
@@ -223,7 +225,7 @@ class TrackingCallback(Callback):
         step = max(self._step, int(getattr(model, "global_step", 0)))
         numbers = {k: float(v) for k, v in logs.items() if isinstance(v, int | float)}
         self.run.log({**numbers, "epoch": float(epoch)}, step=step, epoch=epoch)
-        self.run.flush()
+        self.run.flush(wait=False)
 
     def on_fit_end(self, model: TrainState) -> None:
         if self.run is None:
