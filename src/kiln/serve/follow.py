@@ -11,7 +11,11 @@ A version that fails to load (a corrupt blob, an untrusted factory without an ON
 its signature) leaves the old one serving and is logged in one line; it is tried again only once the alias has
 named another version (a failure of that kind does not heal by waiting; retrying it every poll would re-hash its
 blobs and log the same line every few seconds). A poll that cannot read the store (a database restarting, the
-alias removed) is logged once and retried on the next poll. A new signature is allowed, and logged: requests are
+alias removed) is logged once, counted (``kiln_alias_poll_failures_total``) and retried on the next poll; a poll does
+not wait for a database that stopped answering (:meth:`kiln.store.database.Database.waiting`), so the warning comes
+within one poll interval, and one info line says when the alias can be read again. Predictions never need the
+store: the server keeps answering, and stays ready, with the version it has. A load cut short by the database is
+not a failed version: it is tried again at the next poll. A new signature is allowed, and logged: requests are
 checked against the version that answers them.
 """
 
@@ -86,6 +90,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
+def _unreachable(error: BaseException) -> bool:
+    from ..store.database import DatabaseUnavailable
+
+    return isinstance(error, DatabaseUnavailable)
+
+
 def _signature(runtime: LoadedRuntime) -> tuple[list[str], list[str]]:
     def described(specs: Any) -> list[str]:
         return [f"{s.name}: {s.describe()}" for s in specs]
@@ -135,11 +145,8 @@ class Follower:
         try:
             version = await loop.run_in_executor(self._thread(), self._current_version)
         except Exception as error:
-            problem = _one_line(error)
-            if problem != self._problem:
-                logger.warning("cannot read which version %s names (%s); still serving %s, polling on",
-                               self.reference, problem, served.reference)  # fmt: skip
-            self._problem = problem
+            target.metrics.poll_failures += 1
+            self._cannot_read(error, served.reference)
             return
         finally:
             target.metrics.polls += 1
@@ -156,6 +163,9 @@ class Follower:
                 self._thread(), functools.partial(target.load_and_warm, loader, check=True)
             )
         except Exception as error:
+            if _unreachable(error):  # the database went away mid-load: nothing wrong with the version
+                self._cannot_read(error, served.reference)
+                return
             self._failed = version
             target.metrics.switch("failed")
             logger.error("not switching to %s (%s names it now): %s; still serving %s until %s names another "
@@ -168,6 +178,14 @@ class Follower:
                            "against the version that answers them", candidate, before[0], after[0], before[1],
                            after[1])  # fmt: skip
         target.switch(runtime, reason=f"{self.reference} moved")
+
+    def _cannot_read(self, error: BaseException, served: str) -> None:
+        """Log a poll's failure once while it lasts (an unreachable database is one problem, whatever it says)."""
+        problem = "unreachable" if _unreachable(error) else _one_line(error)
+        if problem != self._problem:
+            logger.warning("cannot read which version %s names (%s); still serving %s, polling on",
+                           self.reference, _one_line(error), served)  # fmt: skip
+        self._problem = problem
 
     def _thread(self) -> ThreadPoolExecutor:
         """The follower's one thread: every store access (a poll, then a load) runs there, one at a time."""
@@ -185,7 +203,9 @@ class Follower:
         return self._store
 
     def _current_version(self) -> int:
-        return int(self._opened().version(self.reference).version)
+        store = self._opened()
+        with store.database.waiting(0):  # a database that went away: say so now, serve on, ask again next poll
+            return int(store.version(self.reference).version)
 
     def _load(self, reference: str) -> LoadedRuntime:
         config = self.config

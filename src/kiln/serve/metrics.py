@@ -67,6 +67,7 @@ class Metrics:
         self.errors: dict[str, int] = {}
         self.switches = {"ok": 0, "failed": 0}
         self.polls = 0
+        self.poll_failures = 0
 
     def request(self, route: str, status: int, seconds: float) -> None:
         key = (route, status)
@@ -119,6 +120,10 @@ class Metrics:
             "# HELP kiln_alias_polls_total Reads of a followed alias from the store (0: the server does not follow).",
             "# TYPE kiln_alias_polls_total counter",
             f"kiln_alias_polls_total {self.polls}",
+            "# HELP kiln_alias_poll_failures_total Reads of a followed alias that failed (the store unreachable, the "
+            "alias removed); the server keeps serving its version meanwhile.",
+            "# TYPE kiln_alias_poll_failures_total counter",
+            f"kiln_alias_poll_failures_total {self.poll_failures}",
         ]
         if info:
             lines += [
