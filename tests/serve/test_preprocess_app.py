@@ -122,6 +122,10 @@ def test_text_in_labels_out(models: Models):
             meta = (await client.get("/v1/models/topics")).json()
             assert meta["applies"]["input"] == "text" and meta["applies"]["labels"] is True
             assert meta["preprocessing"]["format"] == FORMAT
+            request = (await client.get("/openapi.json")).json()["paths"]["/v1/models/topics:predict"]["post"]
+            content = request["requestBody"]["content"]
+            assert set(content) == {"application/json", "text/plain"} and "labels" in request["summary"]
+            assert content["application/json"]["schema"]["properties"]["inputs"]["oneOf"][0] == {"type": "string"}
 
     run(main())
 
@@ -154,6 +158,8 @@ def test_wav_in_labels_out_and_other_rates_refused(models: Models):
             ok = await client.post("/v1/models/keywords:predict", content=files[1],
                                    headers={"content-type": "audio/wav"})  # fmt: skip
             assert ok.json()["labels"] == labels[1]  # the server is fine after the refusals
+            request = (await client.get("/openapi.json")).json()["paths"]["/v1/models/keywords:predict"]["post"]
+            assert set(request["requestBody"]["content"]) == {"application/json", "audio/wav"}
 
     run(main())
 

@@ -407,7 +407,7 @@ class KilnApp:
     def _document(self) -> dict[str, Any]:
         runtime = self.runtime
         return openapi(runtime.name if runtime else None, runtime.inputs if runtime else (),
-                       runtime.outputs if runtime else ())  # fmt: skip
+                       runtime.outputs if runtime else (), runtime.steps if runtime else None)  # fmt: skip
 
     def _openapi(self, name: str) -> Response:
         return json_response(self._document())

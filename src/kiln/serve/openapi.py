@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
+from ..export.preprocess import Preprocessing
 from .tensors import TensorSpec
 
 __all__ = ["docs_page", "openapi"]
@@ -40,14 +41,37 @@ def _get(summary: str) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "401": _ERRORS["401"]}}}
 
 
-def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of this server; request schemas follow the model's signature once it is loaded."""
-    model = name or "{name}"
-    if len(inputs) == 1:
-        v1_inputs: dict[str, Any] = {"oneOf": [_array_schema(inputs[0], batched=True),
-                                               _array_schema(inputs[0], batched=False)]}  # fmt: skip
+_FILE = {"type": "string", "contentEncoding": "base64"}
+_MEDIA_TYPES = {"audio": ("audio/wav",), "image": ("image/png", "image/jpeg"), "text": ("text/plain",)}
+
+
+def _v1_request(inputs: Sequence[TensorSpec], steps: Preprocessing | None) -> dict[str, Any]:
+    """The v1 request body: the model's tensors, or what its declared preprocessing takes (texts, files, raw rows)."""
+    kind = steps.input.kind if steps is not None and steps.input is not None else None
+    if kind == "text":
+        v1_inputs: dict[str, Any] = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"},
+                                                                   "minItems": 1}]}  # fmt: skip
+    elif kind in ("audio", "image"):
+        file = {"type": "object", "required": ["b64"], "properties": {"b64": _FILE}, "additionalProperties": False}
+        v1_inputs = {"oneOf": [file, {"type": "array", "items": file, "minItems": 1}]}
+    elif len(inputs) == 1:  # the model's tensor; raw rows for "standardize" have the same shape
+        v1_inputs = {"oneOf": [_array_schema(inputs[0], batched=True), _array_schema(inputs[0], batched=False)]}
     else:
         v1_inputs = {"type": "object", "properties": {s.name: _array_schema(s, batched=True) for s in inputs}}
+    content: dict[str, Any] = {"application/json": {"schema": {
+        "type": "object", "required": ["inputs"], "properties": {"inputs": v1_inputs}}}}  # fmt: skip
+    for media in _MEDIA_TYPES.get(kind or "", ()):
+        content[media] = {"schema": {"type": "string", "format": "binary"}}  # one file (or text) as the body
+    return {"required": True, "content": content}
+
+
+def openapi(
+    name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], steps: Preprocessing | None = None
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of this server; request schemas follow the model's signature once it is loaded, and
+    its declared preprocessing (:mod:`kiln.export.preprocess`) for the v1 route."""
+    model = name or "{name}"
+    labels = steps is not None and steps.classes is not None
     v2_input = {
         "type": "object",
         "required": ["name", "shape", "datatype"],  # and data, or parameters.binary_data_size
@@ -57,10 +81,11 @@ def openapi(name: str | None, inputs: Sequence[TensorSpec], outputs: Sequence[Te
     post = {"responses": {"200": {"description": "model outputs"}, **_ERRORS}}
     paths = {
         f"/v1/models/{model}:predict": {"post": {
-            "summary": "Predict: {\"inputs\": one sample or a batch} -> {\"outputs\": ...}",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["inputs"], "properties": {"inputs": v1_inputs}}}}},
-            **post}},
+            "summary": "Predict: {\"inputs\": one sample or a batch} -> {\"outputs\": ...}"
+                       + (", \"labels\": class names" if labels else "")
+                       + ("; the server applies the package's declared preprocessing" if steps is not None else ""),
+            "requestBody": _v1_request(inputs, steps),
+            **post, "responses": {**post["responses"], "415": _error("a file body this model does not take")}}},
         f"/v1/models/{model}": _get("Model metadata: version, runtime, signature, preprocessing"),
         f"/v2/models/{model}/infer": {"post": {
             "summary": "Open Inference Protocol (KServe v2) inference; JSON, or binary tensor data after a JSON "
