@@ -105,6 +105,8 @@ def test_text_in_labels_out(models: Models):
             np.testing.assert_allclose(batch.json()["outputs"], expected, rtol=1e-5, atol=1e-6)  # raw outputs kept
             one = await client.post("/v1/models/topics:predict", json={"inputs": "the fans and the team"})
             assert one.json()["labels"] == "sports" and len(one.json()["outputs"]) == 2
+            long = await client.post("/v1/models/topics:predict", json={"inputs": "rain " * 20_000})  # off the loop
+            assert long.status_code == 200 and long.json()["labels"] == "weather"
             plain = await client.post("/v1/models/topics:predict", content=b"thunder tonight",
                                       headers={"content-type": "text/plain; charset=utf-8"})  # fmt: skip
             assert plain.json()["labels"] == "weather"

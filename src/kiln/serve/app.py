@@ -55,6 +55,7 @@ _TEXT = b"text/plain; version=0.0.4; charset=utf-8"
 _OCTETS = b"application/octet-stream"
 _MAX_LOGGED_PATH = 200
 _VERSION_HEADER = b"kiln-model-version"
+_INLINE_DECODE_BYTES = 64 << 10  # a declared-preprocessing body up to this size is decoded on the event loop
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ class KilnApp:
         media = None if v2 else media_kind(headers.content_type)
         steps = None if v2 else runtime.steps
         if steps is not None and steps.input is not None:
-            while steps.files:  # WAV and image decoding take milliseconds: off the event loop
+            while steps.files or len(body) > _INLINE_DECODE_BYTES:  # files and long texts: off the event loop
                 decoded = await asyncio.get_running_loop().run_in_executor(
                     None, decode_declared, body, media, steps, runtime.inputs
                 )
@@ -303,7 +304,7 @@ class KilnApp:
                     decoded = self._decode_plain(body, media, runtime)
                     break
             else:
-                decoded = decode_declared(body, media, steps, runtime.inputs)  # text and rows: microseconds
+                decoded = decode_declared(body, media, steps, runtime.inputs)  # short texts and rows: microseconds
         elif not v2:
             decoded = self._decode_plain(body, media, runtime)
         elif headers.inference_header_length is None:
