@@ -78,9 +78,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
         register_module(image, "shapes", store=store, example_input=torch.zeros(1, 3, 4, 4),
                         preprocessing={"format": FORMAT, "output": classes("circle", "square"), "input": {
                             "type": "image", "mode": "RGB", "size": [4, 4]}})  # fmt: skip
+        standardize = {"type": "standardize", "mean": mean.tolist(), "std": std.tolist()}
         register_module(rows, "tabular", store=store, example_input=torch.zeros(1, 3),
                         preprocessing={"format": FORMAT, "output": classes("benign", "malignant"), "notes": {"x": 1},
-                                       "input": {"type": "standardize", "mean": mean.tolist(), "std": std.tolist()}})  # fmt: skip
+                                       "input": standardize})  # fmt: skip
     return Models(path, vocabulary, text, audio, image, rows, mean, std)
 
 
@@ -197,7 +198,7 @@ def test_raw_rows_are_standardized_by_the_server(models: Models):
     run(main())
 
 
-def test_predict_local_applies_the_same_steps(models: Models, capsys):
+def test_predict_local_applies_the_same_steps(models: Models, tmp_path):
     local = run_local("topics@1", ["the striker scored", "rain and wind"], store=models.store)
     assert local.labels == ["sports", "weather"]
     audio = run_local("keywords@1", file=wav_bytes(np.zeros(80), 8000), media="audio", store=models.store)
@@ -208,6 +209,13 @@ def test_predict_local_applies_the_same_steps(models: Models, capsys):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["labels"] == ["weather"]
+    wav = tmp_path / "one.wav"
+    wav.write_bytes(wav_bytes(np.zeros(80), 8000))
+    done = subprocess.run([sys.executable, "-m", "kiln.cli", "predict", "keywords@1", "--local", "--store",
+                           str(models.store), "--file", str(wav)], capture_output=True, text=True, timeout=120,
+                          check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["labels"] == audio.labels
 
 
 def test_a_real_server_takes_text_and_answers_labels(models: Models):
