@@ -118,6 +118,38 @@ def test_a_crashed_fit_keeps_the_finding_that_explains_it(digits, tmp_path):
     assert [f["kind"] for f in found] == ["nonfinite"] and found[0]["layers"] == ["lin"] and found[0]["step"] == 19
 
 
+class CrashAt(kiln.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, model, step, loss):
+        if step == self.step:
+            raise RuntimeError("the machine went away")
+
+
+def test_a_resumed_fit_keeps_recording_into_the_same_run(digits, tmp_path):
+    def fit(callbacks=()):
+        model = kiln.Model(deep_sigmoid(), loss="cross_entropy", optimizer="sgd", lr=0.1, store=store)
+        model.fit(digits, epochs=2, batch_size=64, seed=0, run="resumed", checkpoint=tmp_path / "ckpt",
+                  resume="latest", doctor=GradientDoctor(every=10, print_findings=False), callbacks=list(callbacks),
+                  verbose=0)  # fmt: skip
+        return model
+
+    with Store(tmp_path / "store") as store:
+        with pytest.raises(RuntimeError, match="went away"):
+            fit([CrashAt(40)])  # in the second epoch (29 steps each), after the checkpoint of the first
+        (crashed,) = store.runs()
+        assert crashed.status == "failed" and [f["kind"] for f in recorded_findings(store, crashed.id)] == ["vanishing"]
+        model = fit()
+        assert model.run_id == crashed.id and store.run(crashed.id).status == "finished"
+        found = recorded_findings(store, crashed.id)
+        steps = [step for step, _ in ratio_series(store, crashed.id)[RATIO_PREFIX + "0"]]
+    assert [f["kind"] for f in found] == ["vanishing"]  # the finding from before the restart, once
+    # every 10 steps plus the early looks; the resume replays from the checkpoint at step 29, so the look at 30 was
+    # measured by both attempts (as their batch losses were), then 40 and 50 by the resumed one
+    assert steps == [1, 2, 3, 5, 9, 11, 17, 21, 31, 31, 41, 51]
+
+
 def test_doctor_off_records_neither(digits, tmp_path):
     with Store(tmp_path / "store") as store:
         model = tracked_fit(store, deep_sigmoid(), digits, doctor=False)
