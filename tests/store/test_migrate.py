@@ -17,9 +17,11 @@ from kiln.cli import main
 from kiln.errors import StoreError
 from kiln.store import Store
 from kiln.store.migrate import HEAD, VERSION_TABLE, schema_state
-from kiln.store.schema import metadata
+from kiln.store.schema import metadata, metrics
+from kiln.store.series import SeriesCache, downsample
 
 from .conftest import Backend, start_together
+from .test_series import _expected_rollups, _stored_rollups
 
 BACKENDS = ("sqlite", "postgresql")
 FIXTURE = Path(__file__).parent / "fixtures" / "store-v2"  # written by kiln 0.1 (make_store_v2.py)
@@ -59,6 +61,7 @@ def test_a_kiln_0_1_store_opens_upgraded_with_nothing_lost(tmp_path: Path) -> No
         assert store.verify().ok and store.verify().artifacts == 1
         (tmp_path / "w.bin").write_bytes(b"new weights")
         assert store.register("digits", {"w.bin": tmp_path / "w.bin"}).version == 4  # 3 stays a tombstone
+        assert _stored_rollups(store) == _expected_rollups(store) != {}  # revision 0002 computed them
     after = _dump(root / "kiln.db")
     for table in TABLES:  # every row kiln 0.1 wrote is still there, unchanged
         assert set(before[table]) <= set(after[table]), table
@@ -106,6 +109,10 @@ def _set_revision(store: Store, revision: str | None, legacy: int) -> None:
     table = sa.table(VERSION_TABLE, sa.column("version_num", sa.String))
 
     def write(connection: sa.engine.Connection) -> None:
+        if revision is None or revision < "0002":  # as revision 0001 left it: no rollups, 32-bit steps on PostgreSQL
+            connection.execute(sa.text("DROP TABLE metric_rollups"))
+            if connection.dialect.name == "postgresql":
+                connection.execute(sa.text("ALTER TABLE metrics ALTER COLUMN step TYPE INTEGER"))
         connection.execute(table.delete())
         if revision is not None:
             connection.execute(table.insert().values(version_num=revision))
@@ -116,7 +123,7 @@ def _set_revision(store: Store, revision: str | None, legacy: int) -> None:
 
 def test_a_newer_store_is_refused(backend: Backend) -> None:
     _set_revision(backend.open(), "9999", 3)
-    with pytest.raises(StoreError, match=r"revision 9999, newer than this kiln knows \(0001\); upgrade kiln"):
+    with pytest.raises(StoreError, match=rf"revision 9999, newer than this kiln knows \({HEAD}\); upgrade kiln"):
         backend.open()
 
 
@@ -152,10 +159,10 @@ def test_a_database_without_the_schema_asks_for_kiln_store_migrate(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "kiln store migrate" in err and "s3cret" not in err
     assert main(["store", "migrate", *backend.args()]) == 0
-    assert capsys.readouterr().out.strip().endswith(": no kiln tables -> revision 0001")
+    assert capsys.readouterr().out.strip().endswith(f": no kiln tables -> revision {HEAD}")
     assert main(["models", "list", *backend.args()]) == 0
     assert main(["store", "migrate", *backend.args()]) == 0
-    assert capsys.readouterr().out.strip().endswith("already at revision 0001")
+    assert capsys.readouterr().out.strip().endswith(f"already at revision {HEAD}")
 
 
 @pytest.mark.backends("postgresql")
@@ -168,5 +175,42 @@ def test_an_older_team_store_is_upgraded_only_by_kiln_store_migrate(
     with pytest.raises(StoreError, match=r"older than this kiln's .* 'kiln store migrate --store URL'"):
         backend.open()
     assert main(["store", "migrate", *backend.args()]) == 0
-    assert "kiln 0.1's schema version 2 -> revision 0001" in capsys.readouterr().out
+    assert f"kiln 0.1's schema version 2 -> revision {HEAD}" in capsys.readouterr().out
     assert [r.name for r in backend.open().runs()] == ["kept"]
+
+
+def _step_type(store: Store) -> str:
+    columns = store.database.read(lambda c: sa.inspect(c).get_columns("metrics"))
+    return str(next(c["type"] for c in columns if c["name"] == "step"))
+
+
+def test_a_revision_0001_store_upgrades_with_its_metrics_rolled_up(
+    backend: Backend, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Revision 0002: 64-bit steps on PostgreSQL, and rollups computed for the metrics already stored."""
+    store = backend.open()
+    with store.start_run("before-0002", flush_rows=1_000) as run:
+        run.log_rows(("loss", s, math.nan if s == 4_321 else math.sin(s / 100), None) for s in range(6_000))
+        run.log_rows(("loss", s, 99.0, None) for s in range(5_000, 5_010))  # re-logged steps
+        run.log({"val_loss": 0.5}, step=6_000)
+    before = store.database.read(lambda c: sorted(map(tuple, c.execute(sa.select(metrics))), key=repr))
+    _set_revision(store, "0001", 3)
+    if backend.name == "postgresql":  # a team store upgrades only when asked
+        assert _step_type(store) == "INTEGER"
+        with pytest.raises(StoreError, match="kiln store migrate"):
+            backend.open()
+        assert main(["store", "migrate", *backend.args()]) == 0
+        assert capsys.readouterr().out.strip().endswith(f"revision 0001 -> revision {HEAD}")
+    upgraded = backend.open()
+    assert upgraded.database.read(schema_state).revision == HEAD
+    after = upgraded.database.read(lambda c: sorted(map(tuple, c.execute(sa.select(metrics))), key=repr))
+    assert after == before  # nothing lost, nothing changed
+    assert _step_type(upgraded) == ("BIGINT" if backend.name == "postgresql" else "INTEGER")  # SQLite's is 64-bit
+    assert _stored_rollups(upgraded) == _expected_rollups(upgraded) != {}
+    rows = upgraded.database.read(lambda c: [tuple(r) for r in c.execute(
+        sa.select(metrics.c.step, metrics.c.time, metrics.c.value).where(metrics.c.key == "loss"))])  # fmt: skip
+    series = SeriesCache(upgraded, max_points=100).series(run.id, "loss")
+    assert series == downsample("loss", rows, max_points=100) and 4_321 in series.nonfinite
+    with upgraded.start_run("after-0002") as later:  # steps past 2**31 now fit on PostgreSQL too
+        later.log({"loss": 1.0}, step=2**40)
+    assert upgraded.metrics(later.id)["loss"] == [(2**40, 1.0)]

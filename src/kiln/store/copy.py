@@ -1,11 +1,11 @@
 """``kiln store copy SRC DST``: a whole store from SQLite to PostgreSQL (or back, or between two of either).
 
-Everything the database holds (runs with their params, tags, system info, process and heartbeat; metrics; artifacts;
-models; versions, deleted ones included so numbering continues; aliases; alias history) and every blob a version or
-an artifact references. Blobs go first, each hashed on arrival and compared with its digest (a blob already in the
-destination is hashed instead of copied); then the rows, in one transaction that also checks, under the blobs lock,
-that every blob is still in place. A copy that fails leaves the destination's rows as they were (blobs it copied are
-unreferenced, and ``kiln store gc`` sweeps them).
+Everything the database holds (runs with their params, tags, system info, process and heartbeat; metrics and their
+rollups; artifacts; models; versions, deleted ones included so numbering continues; aliases; alias history) and
+every blob a version or an artifact references. Blobs go first, each hashed on arrival and compared with its digest
+(a blob already in the destination is hashed instead of copied); then the rows, in one transaction that also checks,
+under the blobs lock, that every blob is still in place. A copy that fails leaves the destination's rows as they
+were (blobs it copied are unreferenced, and ``kiln store gc`` sweeps them).
 
 The destination must hold no runs and no models, unless ``force``: then runs and models it already has (same run
 id, same model name) are left alone, and counted as skipped.
@@ -25,7 +25,17 @@ from ..errors import IntegrityError, StoreError
 from . import dialects
 from .blobs import Blob, BlobStore, hash_file
 from .location import locate
-from .schema import alias_history, aliases, metrics, models, run_artifacts, runs, version_files, versions
+from .schema import (
+    alias_history,
+    aliases,
+    metric_rollups,
+    metrics,
+    models,
+    run_artifacts,
+    runs,
+    version_files,
+    versions,
+)
 from .store import Store
 
 __all__ = ["CopyReport", "copy_store"]
@@ -100,9 +110,14 @@ def _rows(connection: Connection, table: sa.Table, *order: Any) -> list[dict[str
 
 
 def _insert_rows(
-    destination: Connection, table: sa.Table, rows: Iterable[dict[str, Any]], progress: Progress | None, total: int
+    destination: Connection,
+    table: sa.Table,
+    rows: Iterable[dict[str, Any]],
+    progress: Progress | None,
+    total: int,
+    what: str = "metric rows",
 ) -> int:
-    """Insert ``rows`` in batches, reporting progress against ``total`` (the source's count)."""
+    """Insert ``rows`` in batches, reporting progress (as ``what``) against ``total`` (the source's count)."""
     batch: list[dict[str, Any]] = []
     count = 0
     for row in rows:
@@ -112,7 +127,7 @@ def _insert_rows(
             count += len(batch)
             batch = []
             if progress is not None:
-                progress("metric rows", count, max(total, count + 1))
+                progress(what, count, max(total, count + 1))
     if batch:
         dialects.insert_rows(destination, table, batch)
         count += len(batch)
@@ -136,6 +151,13 @@ def _copy_rows(source: Connection, destination: Connection, report: CopyReport, 
     )
     if progress is not None:
         progress("metric rows", report.metrics, report.metrics)
+    # The source's rollups describe exactly its metric rows (every write keeps them so): copied as they are.
+    total = int(source.execute(sa.select(sa.func.count()).select_from(metric_rollups)).scalar() or 0)
+    streamed = source.execution_options(yield_per=_BATCH).execute(sa.select(metric_rollups))
+    copied = _insert_rows(destination, metric_rollups, (dict(r._mapping) for r in streamed if r.run_id in new_runs),
+                          progress, total, "metric rollups")  # fmt: skip
+    if progress is not None:
+        progress("metric rollups", copied, copied)
     artifact_rows = [r for r in _rows(source, run_artifacts, run_artifacts.c.run_id) if r["run_id"] in new_runs]
     if artifact_rows:
         destination.execute(run_artifacts.insert(), artifact_rows)

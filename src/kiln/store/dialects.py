@@ -23,6 +23,8 @@ acknowledgement is lost (the server restarts between committing and answering) c
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -41,6 +43,7 @@ __all__ = [
     "lock_schema",
     "started",
     "trouble",
+    "upsert",
 ]
 
 Mode = Literal["read", "write", "durable"]
@@ -111,6 +114,60 @@ def insert_ignore(connection: Connection, table: sa.Table, values: dict[str, Any
     """Insert ``values`` into ``table`` unless a row with the same unique key exists (created concurrently)."""
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
     connection.execute(insert(table).values(**values).on_conflict_do_nothing())
+
+
+_UPSERTS: dict[tuple[Any, ...], tuple[str, list[str] | None]] = {}  # compiled: SQL, positional parameter order
+
+
+def upsert(
+    connection: Connection,
+    table: sa.Table,
+    rows: list[dict[str, Any]],
+    merge: Callable[[Any], dict[str, Any]],
+) -> None:
+    """Insert ``rows``, or where a row with the same primary key exists, set its columns to ``merge(excluded)``.
+
+    ``merge`` gets the proposed row (``excluded``) and returns column -> expression; the table's own columns stand
+    for the row in place. ``INSERT ... ON CONFLICT DO UPDATE`` on both databases: atomic on PostgreSQL under
+    concurrent writers too. ``rows`` must not repeat a key (PostgreSQL refuses to update one row twice).
+
+    The statement is compiled once per dialect (SQLAlchemy's execution of a statement this size, its cache key
+    walking every CASE, cost more than the database's work for a metric flush) and run by the driver: SQLite's
+    executemany; on PostgreSQL one ``INSERT ... SELECT ... FROM json_populate_recordset(...)`` with the rows as one
+    JSON parameter (executemany took a round trip per row, ~1 ms each here; column arrays spent ~8 ms per 200 rows
+    in psycopg's array adaptation, the standard library's JSON encoder a fraction of one). Values must be JSON:
+    finite floats, integers (exact), strings, None.
+    """
+    if not rows:
+        return
+    name = connection.dialect.name
+    columns = list(rows[0])
+    cache_key = (name, table.name, merge, tuple(columns))
+    found = _UPSERTS.get(cache_key)
+    if found is None:
+        keys = [column.name for column in table.primary_key.columns]
+        if name == "postgresql":  # every row in one statement, the rows as one JSON document (see above)
+            quote = connection.dialect.identifier_preparer
+            rows_sql = (f"SELECT {', '.join(quote.quote(c) for c in columns)} FROM json_populate_recordset("
+                        f"NULL::{quote.format_table(table)}, CAST(:kiln_rows AS json))")  # fmt: skip
+            source = sa.text(rows_sql).columns(*(table.c[c] for c in columns))
+            statement: Any = postgresql.insert(table).from_select(columns, source)
+        else:  # in-process: executemany costs no round trips
+            statement = sqlite.insert(table)
+        compiled: Any = statement.on_conflict_do_update(index_elements=keys, set_=merge(statement.excluded)).compile(
+            dialect=connection.dialect, column_keys=columns
+        )
+        found = _UPSERTS[cache_key] = (
+            str(compiled),
+            list(compiled.positiontup) if compiled.positional else None,
+        )
+    sql, order = found
+    if name == "postgresql":
+        connection.exec_driver_sql(sql, {"kiln_rows": json.dumps(rows, allow_nan=False)})
+    elif order is None:
+        connection.exec_driver_sql(sql, rows)
+    else:
+        connection.exec_driver_sql(sql, [tuple(row[c] for c in order) for row in rows])
 
 
 def insert_rows(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

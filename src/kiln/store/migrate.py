@@ -47,7 +47,7 @@ __all__ = [
 
 # The newest revision in migrations/versions/: opening a current store compares with it and never imports Alembic
 # (0.4 s of start-up for every command, server and worker otherwise). Move it with every new revision.
-HEAD = "0001"
+HEAD = "0002"
 VERSION_TABLE = "kiln_alembic_version"  # not "alembic_version": the database may hold another application's too
 _SCRIPTS = Path(__file__).resolve().parent / "migrations"
 

@@ -41,6 +41,7 @@ from .database import Database, DatabaseUnavailable
 from .gitinfo import git_commit, run_git
 from .liveness import STALE_AFTER_SECONDS, process_liveness, running_status, this_process
 from .names import check_file_name, check_name, check_run_id
+from .rollups import LEVELS, add_rollups, summarise
 from .schema import metrics, run_artifacts, runs
 
 
@@ -230,19 +231,13 @@ def find_run_id(connection: Connection, run_id: str) -> str:
 
 
 def insert_metrics(connection: Connection, run_id: str, rows: Iterable[MetricRow], now: float) -> None:
-    """Insert metric rows and move the run's heartbeat to ``now`` (the write is its sign of life)."""
-    values = [
-        {
-            "run_id": run_id,
-            "key": key,
-            "step": int(step),
-            "epoch": epoch,
-            "value": None if math.isnan(value) else float(value),
-            "time": now,
-        }
-        for key, step, value, epoch in rows
-    ]
+    """Insert metric rows, merge them into the run's rollups (for charts) and move the run's heartbeat to ``now``
+    (the write is its sign of life)."""
+    written = [(key, int(step), None if math.isnan(value) else float(value), epoch) for key, step, value, epoch in rows]
+    values = [{"run_id": run_id, "key": key, "step": step, "epoch": epoch, "value": value, "time": now}
+              for key, step, value, epoch in written]  # fmt: skip
     dialects.insert_rows(connection, metrics, values)
+    add_rollups(connection, run_id, summarise(((key, step, value, now) for key, step, value, _ in written), LEVELS))
     connection.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
 
 

@@ -1,15 +1,18 @@
-"""Metric series for charts: downsampled on the database to at most ~2,000 points, spikes and NaN steps kept.
+"""Metric series for charts: at most ~2,000 points, spikes and NaN steps kept, read from a thousand rows or so.
 
-A series short enough is returned as logged. A longer one is cut into step buckets whose width is a power of two,
-and each bucket gives its minimum and its maximum (min/max per pixel column, the M4 idea without first/last): one
-spike among a million steps is the maximum of its bucket, so the chart draws it. NaN and infinite values (the store
-keeps NaN as NULL) are never plotted as numbers; each bucket that holds one reports its first such step in
-``nonfinite``, for the chart to mark.
+A series short enough is returned as logged. A longer one is cut into step buckets whose width is a power of two
+(bucket ``step // width``), and each bucket gives its least and its greatest finite value at the steps where they
+were logged (min/max per pixel column): one spike among a million steps is the maximum of its bucket, so the chart
+draws it where it happened. NaN and infinite values (the store keeps NaN as NULL) are never plotted as numbers; each
+bucket that holds one reports its first such step in ``nonfinite``, for the chart to mark, and a bucket that holds
+nothing else gives a gap there (a None value), as the logged series would. The series' first and last rows are
+points too, so the line starts and ends where the run did, at the latest value a person watching it wants to see.
 
-Aggregating a million rows reads each of them once on the database (a few hundred ms for SQLite), so a
-:class:`SeriesCache` keeps the buckets of each (run, metric) and, while the run goes on, aggregates only the rows
-from its last bucket onwards; when the buckets outgrow the limit, neighbours merge (min of mins, max of maxes),
-exactly. A finished run's series is read once.
+Buckets come from the rollups every metric write keeps (:mod:`kiln.store.rollups`, levels of 2**6 to 2**18 steps):
+a bucket is the exact merge of the rollups it covers, so a million-step series reads ~1,000 rows of level 10 where
+aggregating its rows would read a million. Widths below the smallest level (series under ~64,000 steps) are
+aggregated from the rows. A :class:`SeriesCache` keeps the buckets of each (run, metric) and, while the run goes on,
+reads only from its last bucket onwards; when the buckets outgrow the limit, neighbours merge, exactly.
 
 Example:
     >>> cache = SeriesCache(store)
@@ -23,19 +26,20 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from .rollups import COLUMNS, LEVELS, Summary
 from .runs import find_run_id
-from .schema import metrics, runs
+from .schema import metric_rollups, metrics, runs
 
-__all__ = ["MAX_POINTS", "Series", "SeriesCache"]
+__all__ = ["MAX_POINTS", "Series", "SeriesCache", "downsample"]
 
-MAX_POINTS = 2000  # points per series sent to a chart: two per bucket
+MAX_POINTS = 2000  # points per series sent to a chart: two per bucket, and the first and last rows
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +47,7 @@ class Series:
     """A chart-ready series: ``step``, ``time`` and ``value`` (None where not finite) of equal length, in step order.
 
     ``total`` is how many values were logged; ``downsampled`` says whether points are bucket extremes;
-    ``nonfinite`` lists steps whose value was NaN or infinite (one per bucket when downsampled).
+    ``nonfinite`` lists steps whose value was NaN or infinite (the first of each bucket when downsampled).
     """
 
     key: str
@@ -59,65 +63,39 @@ class Series:
                 "nonfinite": self.nonfinite, "total": self.total, "downsampled": self.downsampled}  # fmt: skip
 
 
-@dataclass
-class _Bucket:
-    index: int  # (step - origin) // width
-    count: int
-    first_step: int
-    last_step: int
-    first_time: float
-    last_time: float
-    low: float | None  # finite values only
-    high: float | None
-    nonfinite: int | None  # first step with a NaN or infinite value
+Row = tuple[int, float, float | None]  # (step, time, value)
 
 
 @dataclass
 class _Entry:
-    origin: int
     width: int
-    buckets: list[_Bucket]
+    buckets: dict[int, Summary]  # step // width -> its rows' summary, in step order
+    first: Row
     generation: Any  # the run's process record and end time: a resumed run may re-log old steps
 
 
-_in_bucket = (
-    (metrics.c.run_id == sa.bindparam("run_id")) & (metrics.c.key == sa.bindparam("key"))
-    & (metrics.c.step >= sa.bindparam("low")) & (metrics.c.step < sa.bindparam("high"))
-)  # fmt: skip
-_BUCKET = sa.select(
-    sa.func.count(),
-    sa.func.count(metrics.c.value),
-    sa.func.min(metrics.c.step),
-    sa.func.max(metrics.c.step),
-    sa.func.min(metrics.c.time),
-    sa.func.max(metrics.c.time),
-    sa.func.min(metrics.c.value),
-    sa.func.max(metrics.c.value),
-).where(_in_bucket)
-_FIRST_NAN = sa.select(sa.func.min(metrics.c.step)).where(_in_bucket, metrics.c.value.is_(None))
 _RAW = sa.select(metrics.c.step, metrics.c.time, metrics.c.value)
+# Of the rows at the first (last) step, the earliest (latest) logged; among equal times, a NaN first (last).
 
 
-class _Prepared:
-    """A Core statement compiled once for a connection's dialect and run on its DBAPI cursor.
+# A series as logged is in step order, rows at one step by time, then value (NaN first). Its first row is the least
+# in that order; its last, of the rows at its last step, the latest logged (a NaN last, among equal times). The
+# database orders by step alone (its index does); the rest is sorted here, so no query sorts a long series.
+def _first_key(row: Row) -> tuple[Any, ...]:
+    return (row[0], row[1], row[2] is not None, row[2] or 0.0)
 
-    A cold million-point series is about a thousand small aggregates; through SQLAlchemy's execution layer each
-    costs ~0.3 ms before the database does any work, on the raw cursor ~0.02 ms. The SQL is still SQLAlchemy's,
-    compiled for whichever dialect the store uses (positional or named parameters alike).
-    """
 
-    def __init__(self, connection: Connection, statement: sa.ClauseElement) -> None:
-        compiled: Any = statement.compile(dialect=connection.dialect)  # an SQLCompiler
-        self.sql = str(compiled)
-        self.order = list(compiled.positiontup or []) if compiled.positional else None
-        self.cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+def _last_key(row: Row) -> tuple[Any, ...]:
+    return (row[0], row[1], row[2] is None, row[2] or 0.0)
 
-    def one(self, params: dict[str, Any]) -> Any:
-        self.cursor.execute(self.sql, tuple(params[name] for name in self.order) if self.order is not None else params)
-        return self.cursor.fetchone()
 
-    def close(self) -> None:
-        self.cursor.close()
+def _at(connection: Connection, where: Any, step: int) -> list[Row]:
+    return [_row(row) for row in connection.execute(_RAW.where(where, metrics.c.step == step))]
+
+
+def _row(row: Any) -> Row:
+    step, time, value = row
+    return int(step), float(time), None if value is None or math.isnan(value) else float(value)
 
 
 def _finite(value: float | None) -> bool:
@@ -140,16 +118,91 @@ def _raw(key: str, rows: Sequence[Any]) -> Series:
     return Series(key=key, step=steps, time=times, value=values, nonfinite=nonfinite, total=len(steps))
 
 
-def _extreme(a: float | None, b: float | None, pick: Any) -> float | None:
-    return b if a is None else a if b is None else pick(a, b)
+def _width(low: int, high: int, buckets: int) -> int:
+    """The least power of two that cuts steps ``low..high`` into at most ``buckets`` buckets."""
+    width = 1 << max(0, math.ceil(math.log2((high - low + 1) / buckets)))
+    while high // width - low // width + 1 > buckets:  # aligned on 0, the span may straddle one more
+        width *= 2
+    return width
 
 
-def _merge(a: _Bucket, b: _Bucket, index: int) -> _Bucket:
-    return _Bucket(
-        index=index, count=a.count + b.count, first_step=a.first_step, last_step=b.last_step,
-        first_time=a.first_time, last_time=b.last_time, low=_extreme(a.low, b.low, min),
-        high=_extreme(a.high, b.high, max), nonfinite=a.nonfinite if a.nonfinite is not None else b.nonfinite,
-    )  # fmt: skip
+def _bucket_rows(rows: Iterable[Any], width: int) -> dict[int, Summary]:
+    """Summaries of ``(step, time, value)`` rows in buckets of ``width`` steps (step order)."""
+    out: dict[int, Summary] = {}
+    for step, time, value in rows:
+        index = int(step) // width
+        found = out.get(index)
+        if found is None:
+            found = out[index] = Summary()
+        found.add(int(step), float(time), value)
+    return out
+
+
+def _coarsen(buckets: dict[int, Summary], factor: int) -> dict[int, Summary]:
+    """Buckets ``factor`` (a power of two) times as wide: each the exact merge of those it covers."""
+    out: dict[int, Summary] = {}
+    for index, summary in buckets.items():
+        wide = index // factor
+        found = out.get(wide)
+        out[wide] = summary if found is None else found.merge(summary)
+    return out
+
+
+def _read(connection: Connection, run_id: str, key: str, width: int, start: int, stop: int) -> dict[int, Summary]:
+    """Buckets of ``width`` steps covering steps ``start..stop`` (both in bucket ``start // width`` on)."""
+    where = (metrics.c.run_id == run_id) & (metrics.c.key == key)
+    level = max((level for level in LEVELS if 1 << level <= width), default=None)
+    first, last = start // width * width, (stop // width + 1) * width  # whole buckets
+    if level is None:  # narrower than any rollup: from the rows (under 64 x buckets steps)
+        rows = connection.execute(_RAW.where(where, metrics.c.step >= first, metrics.c.step < last)
+                                  .order_by(metrics.c.step))  # fmt: skip
+        return _bucket_rows(rows, width)
+    r = metric_rollups.c
+    query = (
+        sa.select(r.bucket, *(r[name] for name in COLUMNS))
+        .where(r.run_id == run_id, r.key == key, r.level == level)
+        .where(r.bucket >= first >> level, r.bucket < last >> level)
+        .order_by(r.bucket)
+    )
+    rolled = {bucket: Summary.from_values(*values) for bucket, *values in connection.execute(query)}
+    return _coarsen(rolled, width >> level)
+
+
+def _points(key: str, buckets: dict[int, Summary], first: Row, last: Row) -> Series:
+    """The ``first`` row, each bucket's least and greatest finite value at their own steps (one point when they
+    coincide; for a bucket of non-finite values only, a gap (None) at its first one), and the ``last`` row."""
+    points: list[Row] = [first]
+    nonfinite: list[int] = []
+    for summary in buckets.values():
+        if summary.nan is not None:
+            nonfinite.append(summary.nan[0])
+        extremes: list[Row] = sorted({(p[1], p[2], p[0]) for p in (summary.low, summary.high) if p is not None})
+        if not extremes and summary.nan is not None:
+            extremes = [(summary.nan[0], summary.nan[1], None)]
+        for point in extremes:
+            if point != points[-1]:  # the first row may be an extreme too
+                points.append(point)
+    if last != points[-1]:
+        points.append(last)
+    if not _finite(last[2]) and last[0] not in nonfinite[-1:]:
+        nonfinite.append(last[0])
+    steps = [point[0] for point in points]
+    times = [point[1] for point in points]
+    values = [point[2] for point in points]
+    total = sum(b.total for b in buckets.values())
+    return Series(key=key, step=steps, time=times, value=values, nonfinite=nonfinite, total=total,
+                  downsampled=True)  # fmt: skip
+
+
+def downsample(key: str, rows: Iterable[tuple[int, float, float | None]], *, max_points: int = MAX_POINTS) -> Series:
+    """The series of ``(step, time, value)`` rows (NaN as None or NaN) as :class:`SeriesCache` gives it, computed
+    from the rows alone: what the rollups must reproduce (the tests compare the two)."""
+    rows = sorted((_row(row) for row in rows), key=_first_key)
+    buckets = max_points // 2 - 1
+    if len(rows) <= max_points:
+        return _raw(key, rows)
+    first, last = min(rows, key=_first_key), max(rows, key=_last_key)
+    return _points(key, _bucket_rows(rows, _width(rows[0][0], rows[-1][0], buckets)), first, last)
 
 
 class SeriesCache:
@@ -164,7 +217,8 @@ class SeriesCache:
         if max_points < 4:
             raise ValueError(f"max_points must be at least 4; got {max_points}.")
         self.store = store
-        self.buckets = max_points // 2
+        self.max_points = max_points
+        self.buckets = max_points // 2 - 1  # two points each, and the first and last rows
         self.entries = entries
         self._cache: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
         self._lock = threading.Lock()
@@ -194,103 +248,36 @@ class SeriesCache:
         with self._lock:
             entry = self._cache.get((run_id, key))
         if entry is None or entry.generation != generation:
-            # Up to 2 x buckets rows (plus one) as logged: when that is all, the series is short and goes as it is.
-            limit = 2 * self.buckets
+            # Up to max_points rows (plus one) as logged: when that is all, the series is short and goes as it is.
+            limit = self.max_points
             rows = connection.execute(_RAW.where(where).order_by(metrics.c.step).limit(limit + 1)).all()
             if len(rows) <= limit:
-                return _raw(key, rows)
-            low, high = connection.execute(sa.select(sa.func.min(metrics.c.step), sa.func.max(metrics.c.step))
-                                           .where(where)).one()  # fmt: skip  # two index seeks
-            width = 1 << max(0, math.ceil(math.log2((high - low + 1) / self.buckets)))
-            entry = _Entry(low, width, self._aggregate(connection, run_id, key, low, width, low, high), generation)
+                return _raw(key, sorted((_row(row) for row in rows), key=_first_key))
+            # Two index seeks: SQLite seeks for a lone min() or max(), but scans every row for both in one select.
+            low, high = connection.execute(sa.select(
+                sa.select(sa.func.min(metrics.c.step)).where(where).scalar_subquery(),
+                sa.select(sa.func.max(metrics.c.step)).where(where).scalar_subquery(),
+            )).one()  # fmt: skip
+            width = _width(int(low), int(high), self.buckets)
+            first = min(_at(connection, where, int(low)), key=_first_key)
+            entry = _Entry(width, _read(connection, run_id, key, width, int(low), int(high)), first, generation)
         else:  # only the rows from the last bucket on are new (or changed)
             found = connection.execute(sa.select(sa.func.max(metrics.c.step)).where(where)).scalar()
             if found is None:  # its rows are gone
                 return Series(key=key, step=[], time=[], value=[])
             high = int(found)
-            last = entry.buckets[-1].index if entry.buckets else 0
-            while (high - entry.origin) // entry.width - last > self.buckets:  # far behind: widen first (exact)
-                entry = self._coarsen(entry)
-                last = entry.buckets[-1].index if entry.buckets else 0
-            since = entry.origin + last * entry.width
-            fresh = self._aggregate(connection, run_id, key, entry.origin, entry.width, since, high)
-            entry = _Entry(entry.origin, entry.width, [b for b in entry.buckets if b.index < last] + fresh, generation)
-        while len(entry.buckets) > self.buckets:
-            entry = self._coarsen(entry)
+            origin = min(entry.buckets) * entry.width if entry.buckets else high  # the first bucket's first step
+            width = entry.width
+            while high // width - origin // width + 1 > self.buckets:  # far behind: widen first (exact)
+                width *= 2
+            buckets = _coarsen(entry.buckets, width // entry.width) if width != entry.width else entry.buckets
+            last = max(buckets) if buckets else high // width
+            fresh = _read(connection, run_id, key, width, last * width, high)
+            entry = _Entry(width, {i: b for i, b in buckets.items() if i < last} | fresh, entry.first, generation)
         with self._lock:
             self._cache[(run_id, key)] = entry
             self._cache.move_to_end((run_id, key))
             while len(self._cache) > self.entries:
                 self._cache.popitem(last=False)
-        return self._points(key, entry.buckets)
-
-    def _aggregate(
-        self, connection: Connection, run_id: str, key: str, origin: int, width: int, start: int, stop: int
-    ) -> list[_Bucket]:
-        """Buckets of ``width`` steps from ``origin`` covering steps ``start..stop``: one range aggregate each.
-
-        One aggregate per bucket, not one GROUP BY: each reads its rows in index order, where a GROUP BY on a step
-        expression would sort a million rows first (twice as slow on SQLite).
-        """
-        buckets = []
-        aggregate = _Prepared(connection, _BUCKET)
-        try:
-            for index in range((start - origin) // width, (stop - origin) // width + 1):
-                low = origin + index * width
-                params = {"run_id": run_id, "key": key, "low": low, "high": low + width}
-                count, finite, first, last, t0, t1, low_value, high_value = aggregate.one(params)
-                if not count:
-                    continue
-                nonfinite = None
-                if finite < count:  # NaN is stored as NULL: find the first one (rare, so a second pass is cheap)
-                    nonfinite = connection.execute(_FIRST_NAN, params).scalar()
-                if low_value is not None and not math.isfinite(low_value):  # -inf: mark the bucket's first step
-                    nonfinite, low_value = (first if nonfinite is None else nonfinite), None
-                if high_value is not None and not math.isfinite(high_value):  # +inf: its last step
-                    nonfinite, high_value = (last if nonfinite is None else nonfinite), None
-                buckets.append(_Bucket(index=index, count=int(count), first_step=int(first), last_step=int(last),
-                                       first_time=float(t0), last_time=float(t1), low=low_value, high=high_value,
-                                       nonfinite=nonfinite))  # fmt: skip
-        finally:
-            aggregate.close()
-        return buckets
-
-    def _coarsen(self, entry: _Entry) -> _Entry:
-        """Twice the width: buckets 2k and 2k+1 merge into k (origin unchanged, so merging stays exact)."""
-        merged: list[_Bucket] = []
-        for bucket in entry.buckets:
-            index = bucket.index // 2
-            if merged and merged[-1].index == index:
-                merged[-1] = _merge(merged[-1], bucket, index)
-            else:
-                merged.append(_Bucket(**{**bucket.__dict__, "index": index}))
-        return _Entry(entry.origin, entry.width * 2, merged, entry.generation)
-
-    def _points(self, key: str, buckets: list[_Bucket]) -> Series:
-        """Two points per bucket, at its first and last step; of its min and max, the one nearer the previous
-        point comes first, so a falling or rising stretch draws as a line rather than a saw."""
-        steps: list[int] = []
-        times: list[float] = []
-        values: list[float | None] = []
-        nonfinite = [b.nonfinite for b in buckets if b.nonfinite is not None]
-        previous: float | None = None
-        for b in buckets:
-            pair = [b.low, b.high]
-            low, high = b.low, b.high
-            if (
-                previous is not None
-                and low is not None
-                and high is not None
-                and abs(high - previous) < abs(low - previous)
-            ):
-                pair.reverse()
-            if b.first_step == b.last_step:
-                pair = [pair[0]] if pair[0] is not None else [pair[1]]
-            for step, when, value in zip((b.first_step, b.last_step), (b.first_time, b.last_time), pair, strict=False):
-                steps.append(step)
-                times.append(when)
-                values.append(value)
-            previous = values[-1] if values[-1] is not None else previous
-        total = sum(b.count for b in buckets)
-        return Series(key=key, step=steps, time=times, value=values, nonfinite=nonfinite, total=total,
-                      downsampled=True)  # fmt: skip
+        last_row = max(_at(connection, where, high), key=_last_key)
+        return _points(key, entry.buckets, entry.first, last_row)
