@@ -178,13 +178,7 @@ def rebuild_rollups(connection: Connection, run_ids: Iterable[str] | None = None
             .where(metrics.c.run_id == run_id)
             .order_by(metrics.c.key, metrics.c.step)
         )
-        batch: list[tuple[str, int, float | None, float]] = []
-        for row in connection.execute(query.execution_options(yield_per=_READ_BATCH)):
-            batch.append((row.key, int(row.step), row.value, float(row.time)))
-            if len(batch) >= _READ_BATCH:
-                add_rollups(connection, run_id, summarise(batch, LEVELS))
-                read += len(batch)
-                batch = []
-        add_rollups(connection, run_id, summarise(batch, LEVELS))
-        read += len(batch)
+        for rows in connection.execute(query.execution_options(yield_per=_READ_BATCH)).partitions():
+            add_rollups(connection, run_id, summarise(rows, LEVELS))  # Rows unpack as (key, step, value, time)
+            read += len(rows)
     return read
