@@ -32,6 +32,7 @@ Run from the repository root::
     python benchmarks/store_bench.py --reps 9          # the recorded run -> benchmarks/results/store_bench.json
     python benchmarks/store_bench.py --smoke           # a 0.6M-parameter MLP, one rep: checks that the script runs
     python benchmarks/store_bench.py --backends        # SQLite vs PostgreSQL (issue 18) -> the run "backends"
+    python benchmarks/store_bench.py --rollups         # metric logging with and without rollups -> "rollups"
 
 Without the MLflow venv the script says so and measures kiln and the safetensors floors only.
 """
@@ -370,12 +371,20 @@ def main() -> None:
     parser.add_argument("--mlflow-python", help="default: benchmarks/.venv-mlflow/bin/python")
     parser.add_argument("--mlflow-reps", type=int, default=3)
     parser.add_argument("--skip-mlflow", action="store_true")
+    parser.add_argument(
+        "--rollups",
+        action="store_true",
+        help="instead: metric logging with and without the "
+        "rollup maintenance of schema revision 0002, both backends, recorded as the run 'rollups'",
+    )
     parser.add_argument("--backends", action="store_true", help="instead: the SQLite and PostgreSQL backends side "
                         "by side (benchmarks/store_backends.py), recorded as the run 'backends'")  # fmt: skip
     harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
     if args.backends:
         return backends(args)
+    if args.rollups:
+        return rollups(args)
     if args.smoke:
         args.reps, args.hidden, args.tracking_epochs, args.mlflow_reps = 1, 256, 2, 1
     harness.pin_threads(args.threads)
@@ -420,6 +429,105 @@ def backends(args: argparse.Namespace) -> None:
     )
     spreads = {b: {k: harness.spread(v) for k, v in found.items()} for b, found in result["samples"].items()}
     record.update(tables=specs, summary={**{k: v for k, v in result.items() if k != "samples"}, "spread": spreads})
+    for spec in specs:
+        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
+    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
+                         run=harness.finish_run(record))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- rollups
+ROLLUP_WORKLOADS = {"2 metrics a step": 2, "50 metrics a step": 50}  # keys logged per step
+
+
+def _log_rows_per_s(store: Any, keys: int, rows: int) -> float:
+    """``Run.log`` of ``rows`` rows (``keys`` metrics a step, the default 2000-row buffer) and ``finish``; rows/s."""
+    names = [f"m{k:02d}" for k in range(keys)]
+    start = time.perf_counter()
+    with store.start_run("bench") as run:
+        for step in range(rows // keys):
+            run.log({name: 1.0 / (step + 1 + k) for k, name in enumerate(names)}, step=step)
+    return rows / (time.perf_counter() - start)
+
+
+def rollups(args: argparse.Namespace) -> None:
+    """``--rollups``: what keeping the metric rollups (schema revision 0002) costs metric logging, on both backends.
+
+    Two measures. Directly: the share of a logging run's time spent in the rollup step of ``insert_metrics``
+    (``summarise`` and ``add_rollups``, timed around each call). A/B: the same logging with that step switched off in
+    this process (what a metric write did before revision 0002), the variants alternating every rep (as do the
+    backends), read as the median of the per-rep ratios (pairs measured seconds apart share the machine's state).
+    """
+    import store_backends
+
+    from kiln.store import Store
+    from kiln.store import runs as store_runs
+
+    harness.pin_threads(1)
+    record = harness.new_run("rollups" if args.run_name == "main" else args.run_name)
+    reps, rows = (1, 4_000) if args.smoke else (args.reps, 40_000)
+    kept = (store_runs.add_rollups, store_runs.summarise)
+    inside = [0.0]
+
+    def timed_call(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*a: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return fn(*a)
+            finally:
+                inside[0] += time.perf_counter() - started
+
+        return call
+
+    samples: dict[str, list[float]] = {}
+    work = Path(tempfile.mkdtemp(prefix="kiln_store_rollups_"))
+    cluster = store_backends.postgres.Cluster(durable=True)
+    try:
+        stores = {"sqlite": Store(work / "sqlite-store"),
+                  "postgresql": Store(cluster.url(cluster.create_database()), blobs=work / "pg-blobs")}  # fmt: skip
+        for rep in range(reps):
+            for backend in store_backends.BACKENDS if rep % 2 == 0 else store_backends.BACKENDS[::-1]:
+                for workload, keys in ROLLUP_WORKLOADS.items():
+                    for variant in ("with", "without") if rep % 2 == 0 else ("without", "with"):
+                        if variant == "without":
+                            store_runs.add_rollups, store_runs.summarise = (lambda *a: None), (lambda *a: {})
+                        else:
+                            store_runs.add_rollups, store_runs.summarise = timed_call(kept[0]), timed_call(kept[1])
+                        inside[0] = 0.0
+                        try:
+                            speed = _log_rows_per_s(stores[backend], keys, rows)
+                        finally:
+                            store_runs.add_rollups, store_runs.summarise = kept
+                        samples.setdefault(f"{backend}|{workload}|{variant}", []).append(speed)
+                        if variant == "with":  # seconds in the rollup step / seconds of the whole run
+                            samples.setdefault(f"{backend}|{workload}|share", []).append(inside[0] * speed / rows)
+            print(f"rep {rep + 1}/{reps}: " + ", ".join(f"{k}={statistics.median(v):,.3g}"
+                                                        for k, v in samples.items()), flush=True)  # fmt: skip
+        for store in stores.values():
+            store.close()
+    finally:
+        cluster.close()
+        shutil.rmtree(work, ignore_errors=True)
+    table_rows, cost = [], {}
+    for backend in store_backends.BACKENDS:
+        for workload in ROLLUP_WORKLOADS:
+            found = {v: samples[f"{backend}|{workload}|{v}"] for v in ("with", "without", "share")}
+            paired = statistics.median(1.0 - w / o for w, o in zip(found["with"], found["without"], strict=True))
+            share = statistics.median(found["share"])
+            cost[f"{backend}|{workload}"] = {"share": share, "paired": paired}
+            table_rows.append([backend, workload, f"{statistics.median(found['without']):,.0f}",
+                               f"{statistics.median(found['with']):,.0f}", f"{100 * share:.1f} %",
+                               f"{100 * paired:.1f} %"])  # fmt: skip
+    specs = [harness.table(
+        ["backend", "workload", "rows/s without rollups", "rows/s with rollups", "time in rollups (direct)",
+         "cost (A/B, paired)"], table_rows, align="llrrrr",
+        caption=f"Metric logging with and without rollup maintenance: `Run.log` of {rows:,} rows per rep (default "
+        "2000-row buffer) and `finish`. Direct: the share of the run's time inside the rollup step; A/B: median "
+        "over reps of 1 - with/without",
+    )]  # fmt: skip
+    record["conditions"].append(f"medians of {reps} reps; backends, and the two variants, alternate every rep; "
+                                "PostgreSQL: a throwaway local cluster with fsync on")  # fmt: skip
+    record.update(tables=specs, summary={"samples": {k: harness.spread(v) for k, v in samples.items()},
+                                         "cost": cost, "rows": rows})  # fmt: skip
     for spec in specs:
         print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
     harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,

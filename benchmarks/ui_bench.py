@@ -15,6 +15,13 @@ Three questions, one store, one real `kiln ui` server (a subprocess, as users st
 
     python benchmarks/ui_bench.py              # the recorded run -> benchmarks/results/ui_bench.json
     python benchmarks/ui_bench.py --smoke      # 500 runs, 100,000 points, 2 updates: checks that the script runs
+    python benchmarks/ui_bench.py --series-only  # the first view of the series three ways -> the run "series"
+
+``--series-only`` answers how to make the first view fast (schema revision 0002): on a store holding just the long
+run, the cold series from the metric rollups (kiln.store.series) against the aggregation over the rows that kiln
+did before (one min/max/count aggregate per bucket through sqlite3 directly, so no SQLAlchemy overhead), on the
+store's index as it is and on a copy with a covering index on ``metrics(run_id, key, step, value, time)``; the
+three rotated every rep.
 
 The store is built once in --store-dir (default /tmp/kiln-ui-bench-<size>) and reused by later runs.
 """
@@ -25,6 +32,7 @@ import argparse
 import math
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -36,6 +44,7 @@ import harness
 import httpx
 
 from kiln.store import Store
+from kiln.store.rollups import LEVELS, add_rollups, summarise
 from kiln.store.schema import metrics, runs
 from kiln.store.series import MAX_POINTS, SeriesCache
 
@@ -62,6 +71,11 @@ def build(path: Path, *, runs_count: int, keys: int, steps: int, points: int) ->
                 connection.execute(runs.insert(), batch_runs)
             if batch_metrics:
                 connection.execute(metrics.insert(), batch_metrics)
+            by_run: dict[str, list[tuple[str, int, float | None, float]]] = {}
+            for row in batch_metrics:  # the rollups every metric write keeps (kiln.store.runs.insert_metrics)
+                by_run.setdefault(row["run_id"], []).append((row["key"], row["step"], row["value"], row["time"]))
+            for run_id, rows in by_run.items():
+                add_rollups(connection, run_id, summarise(rows, LEVELS))
 
         store.database.write(write)
         batch_runs.clear()
@@ -210,6 +224,81 @@ def bench_series(path: Path, url: str, reps: int, points: int) -> dict[str, Any]
     return {"points": points, "shown": len(answer.step), "ms": ms}
 
 
+def _aggregate_rows(connection: sqlite3.Connection, run_id: str, key: str, buckets: int) -> int:
+    """The first view as kiln computed it before the rollups: one aggregate per bucket over the metric rows."""
+    where = "run_id = ? AND key = ?"
+    low, high = (
+        connection.execute(f"SELECT {f}(step) FROM metrics WHERE {where}", (run_id, key)).fetchone()[0]
+        for f in ("min", "max")
+    )  # two index seeks (one select of both would scan the rows)
+    width = 1 << max(0, math.ceil(math.log2((high - low + 1) / buckets)))
+    query = (f"SELECT count(*), count(value), min(step), max(step), min(time), max(time), min(value), max(value) "
+             f"FROM metrics WHERE {where} AND step >= ? AND step < ?")  # fmt: skip
+    found = 0
+    for index in range((high - low) // width + 1):
+        start = low + index * width
+        found += connection.execute(query, (run_id, key, start, start + width)).fetchone()[0]
+    return found
+
+
+def bench_first_view(path: Path, reps: int, points: int) -> dict[str, Any]:
+    """Cold series three ways, rotated every rep: rollups, rows (index as is), rows with a covering index."""
+    covered = path.parent / f"{path.name}-covering"
+    if not (covered / "kiln.db").exists():
+        shutil.rmtree(covered, ignore_errors=True)
+        shutil.copytree(path, covered)
+        with sqlite3.connect(covered / "kiln.db") as connection:
+            connection.execute("CREATE INDEX ix_cover ON metrics (run_id, key, step, value, time)")
+    store = Store(path, create=False)
+    long_id = next(r.id for r in store.runs(name="long-run", limit=1))
+    databases = {"rows": sqlite3.connect(path / "kiln.db"), "covering": sqlite3.connect(covered / "kiln.db")}
+    for connection in databases.values():
+        connection.execute("PRAGMA query_only = 1")
+
+    samples: dict[str, list[float]] = {"rollups": [], "rows": [], "covering": []}
+    for rep in range(reps + 1):
+        for name in harness.rotated(list(samples), rep):
+            started = time.perf_counter()
+            if name == "rollups":
+                check(SeriesCache(store).series(long_id, "batch_loss"), points)
+            else:
+                assert _aggregate_rows(databases[name], long_id, "batch_loss", MAX_POINTS // 2) == points
+            if rep:  # the first round fills the page cache
+                samples[name].append((time.perf_counter() - started) * 1000.0)
+    store.close()
+    sizes = {name: round(sum(f.stat().st_size for f in where.iterdir() if f.is_file()) / 1e6)
+             for name, where in (("store", path), ("covering", covered))}  # fmt: skip
+    return {"points": points, "ms": {name: harness.spread(values) for name, values in samples.items()}, "mb": sizes}
+
+
+def series_only(args: argparse.Namespace) -> None:
+    """``--series-only``: the run "series" (the first view of the million-step series, three ways)."""
+    harness.pin_threads(1)
+    record = harness.new_run("series" if args.run_name == "main" else args.run_name)
+    path = args.store_dir or Path(f"/tmp/kiln-ui-bench-series-{args.points}")
+    if not (path / "kiln.db").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        build(path, runs_count=0, keys=args.keys, steps=args.steps, points=args.points)
+    waited = harness.wait_for_quiet(args.max_load, 0 if args.smoke else args.max_wait)
+    record["conditions"].append(f"waited for load < {args.max_load}: {waited[0]} -> {waited[-1]}")
+    result = bench_first_view(path, args.reps, args.points)
+    names = {"rollups": "rollups (kiln.store.series, revision 0002)",
+             "rows": "rows: one aggregate per bucket, index (run_id, key, step)",
+             "covering": "rows: the same, covering index (run_id, key, step, value, time)"}  # fmt: skip
+    spec = harness.table(
+        ["first view (fresh cache)", "median (q1–q3)", "under 300 ms"],
+        [[names[k], fmt_ms(v), "yes" if v["median"] < 300 else "**no**"] for k, v in result["ms"].items()],
+        align="lrl",
+        caption=f"First view of a {args.points:,}-step series (at most {MAX_POINTS:,} points), three ways; the "
+        f"store {result['mb']['store']} MB, with the covering index {result['mb']['covering']} MB",
+    )  # fmt: skip
+    record["conditions"].append(f"medians of {args.reps} rotated reps after one warm-up round; 1 thread")
+    record.update(tables=[spec], summary=result)
+    print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
+    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
+                         run=harness.finish_run(record))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------- 3. live
 def bench_live(path: Path, url: str, updates: int) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
@@ -284,8 +373,14 @@ def main() -> None:
     parser.add_argument("--store-dir", type=Path, default=None)
     parser.add_argument("--max-load", type=float, default=2.5, help="wait (up to --max-wait s) for a quieter machine")
     parser.add_argument("--max-wait", type=float, default=900.0)
+    parser.add_argument("--series-only", action="store_true", help="instead: the first view of the series from "
+                        "rollups, rows and rows with a covering index, recorded as the run 'series'")  # fmt: skip
     harness.add_result_arguments(parser, QUESTION)
     args = parser.parse_args()
+    if args.series_only:
+        if args.smoke:
+            args.points, args.reps = 100_000, 2
+        return series_only(args)
     if args.smoke:
         args.runs, args.points, args.reps, args.updates = 500, 100_000, 2, 2
     harness.pin_threads(1)
