@@ -5,8 +5,12 @@ on a noisy background) with Pillow and writes them as `root/<split>/<class>/<n>.
 sets use, in a cache folder it reuses (`--data`). `ImageFolder` reads them (class ids from the sorted folder names)
 and `to_memory()` decodes each file once. Augmentation runs on whole batches, only while training:
 `Compose([RandomCrop(32, padding=4), RandomHorizontalFlip(), GaussianNoise(0.05)])`. The model is a small CNN; it is
-registered with preprocessing that tells a client how to turn a PNG into the input (RGB, 32×32, CHW, divided by 255),
-promoted to `shapes@production`, served, and sent the 400 test PNG files decoded that way.
+registered with a declared image step (`kiln.export.preprocess`: RGB, 32×32, divided by 255, CHW) and a `classes`
+output step, promoted to `shapes@production` and served. The server applies the step on `/v1` and in
+`kiln predict`: a client sends the PNG (or JPEG) file itself, as the body (`Content-Type: image/png`) or base64 in
+JSON (`{"inputs": [{"b64": "..."}, ...]}`), the server decodes it as `ImageFolder` does (resized to 32×32 if it is
+not) and answers the shape's name under `"labels"` next to the raw `"outputs"`. The script sends one test file as a
+body and all 400 as base64, 64 a request; `/v2` still takes the decoded tensor.
 
 ```bash
 python examples/image_folder.py --epochs 8 --samples shapes.png
@@ -16,13 +20,16 @@ python examples/image_folder.py --epochs 8 --samples shapes.png
 ImageFolder('/tmp/kiln-examples/shapes-300-100-0/train', n=1200, classes=4, size=None)
 ImageFolder('/tmp/kiln-examples/shapes-300-100-0/test', n=400, classes=4, size=None)
 test accuracy 1.0000  test loss 0.0112
-registered shapes@1 (run 993e1428482b40079d26aa3eee2d8a9c) and promoted it to production
+registered shapes@1 (run f9993ba0756c41e291b4c6c11af539c8) and promoted it to production
 
 serve it:   kiln serve shapes@production
-query it:   kiln predict shapes --input @shapes.json
-            # or: curl -s localhost:8000/v1/models/shapes:predict -d @shapes.json
-            the request holds test/circle/0000.png as float32 RGB / 255, CHW
-served shapes@production: 400 PNG files over HTTP, accuracy 1.0000, agreement with the in-process model 1.0000
+query it:   kiln predict shapes --file /tmp/kiln-examples/shapes-300-100-0/test/circle/0000.png
+            # or: curl -s localhost:8000/v1/models/shapes:predict
+            #       --data-binary @/tmp/kiln-examples/shapes-300-100-0/test/circle/0000.png -H 'Content-Type: image/png'
+            the server decodes the PNG file as ImageFolder does and answers its shape
+  circle   <- test/circle/0000.png
+served shapes@production: 400 PNG files sent as they are over HTTP, accuracy 1.0000, agreement with the
+in-process model 1.0000
 ```
 
 Eight training images (top) and one augmented draw of the same batch (bottom: shifted by the padded crop, some
@@ -31,9 +38,9 @@ mirrored, with noise), as `--samples` saves them:
 ![Training shapes and their augmented versions](docs/images/gallery/shapes_augmentation.png)
 
 Tested: `tests/gallery/test_image_folder.py` runs it with `--epochs 6 --per-class 150 --test-per-class 50` and
-requires a test accuracy of at least 0.9 (chance is a quarter), the 200 test PNG files served over HTTP answered
-with at least 0.9 and an agreement of 1.0 with the model in memory, and the files and the picture of the sizes
-expected.
+requires a test accuracy of at least 0.9 (chance is a quarter), the 200 test PNG files sent as they are over HTTP
+labelled with at least 0.9 and an agreement of 1.0 with the model in memory, the `kiln predict --file` and `curl`
+commands printed, and the files and the picture of the sizes expected.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Speech: keyword spotting on WAV files, with the log-mel front end inside the model so it serves raw audio.
+"""Speech: keyword spotting on WAV files, the log-mel front end inside the model, served WAV in and keyword out.
 
 Ten words ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go") spoken by the espeak-ng speech
 synthesiser (`apt-get install espeak-ng`; `scripts/setup.sh` installs it), 40 utterances each in six voices at
@@ -8,9 +8,14 @@ its own three-tone melody, varied the same way. `kiln.data.AudioFolder` decodes 
 22,050 to 8,000 Hz and cuts or pads them to one second.
 
 The model's first step is `kiln.data.log_mel_spectrogram` (`torch.stft` and a mel filterbank: 32 bands, 256-sample
-frames every 128 samples), so the exported ONNX graph contains the feature extraction and the server takes the
-waveform: a client sends samples (decoded and resampled by `AudioFolder.load`), not features it would have to
-compute the same way. The package's preprocessing records the audio format. What that first layer makes of one
+frames every 128 samples), so the exported ONNX graph contains the feature extraction and takes the waveform. The
+package declares an `audio` input step (`kiln.export.preprocess`: 8 kHz, mono, 8,000 samples) and a `classes` output
+step, and the server applies them on `/v1` and in `kiln predict`: a client sends the WAV file itself (`kiln predict
+keywords --file x.wav`, or `curl --data-binary @x.wav -H 'Content-Type: audio/wav'`), the server decodes it as
+`kiln.data.read_wav` does (the same decoder, `kiln._wav`), cuts or pads it to one second and answers the keyword under
+`"labels"` next to the raw `"outputs"`. It never resamples: a file at another rate is a 400 that names both rates. The
+recordings are at 22,050 Hz (16 kHz for the tones), so the script writes the test set once more as 8 kHz 16-bit WAV
+files (`keywords_8khz/`, as a telephone line records) and sends those. What the model's first layer makes of one
 recording of each word (drawn by `scripts/gallery_pictures.py` with the script's own voices and front end):
 
 ![Log-mel spectrograms of one recording of each keyword](docs/images/gallery/keyword_spectrograms.png)
@@ -28,26 +33,28 @@ AudioFolder('~/.cache/kiln/examples/keywords-espeak-ng-40-0/test', n=80, classes
 test accuracy 0.9625  test loss 0.1347
 factory __main__:KeywordNet lives in the running script: only that script can load this version with the torch
 runtime; move it into an importable module.
-registered keywords@1 (run e344f1d8de694fe8921310ea7ab7acfb) and promoted it to production
+registered keywords@1 (run 78353d8000074430bca4e51a2d73d9fd) and promoted it to production
 
 serve it:   kiln serve keywords@production
-query it:   kiln predict keywords --input @keywords.json
-            # or: curl -s localhost:8000/v1/models/keywords:predict -d @keywords.json
-            the request holds test/down/0004.wav: 8000 samples at 8 kHz, float32
-  down   <- test/down/0004.wav
-  left   <- test/left/0004.wav
-  off    <- test/off/0004.wav
-  right  <- test/right/0004.wav
-  up     <- test/up/0004.wav
-served keywords@production: 80 WAV files over HTTP, accuracy 0.9625, agreement with the in-process model 1.0000
+query it:   kiln predict keywords --file keywords_8khz/000_down.wav
+            # or: curl -s localhost:8000/v1/models/keywords:predict --data-binary @keywords_8khz/000_down.wav
+            #       -H 'Content-Type: audio/wav'
+            keywords_8khz/000_down.wav is test/down/0004.wav at 8 kHz: the server decodes it
+  down   <- keywords_8khz/000_down.wav
+  left   <- keywords_8khz/016_left.wav
+  off    <- keywords_8khz/032_off.wav
+  right  <- keywords_8khz/048_right.wav
+  up     <- keywords_8khz/064_up.wav
+served keywords@production: 80 WAV files sent as they are over HTTP, accuracy 0.9625, agreement with the
+in-process model 1.0000
 ```
 
 With the tone stand-in (no espeak-ng, `--per-word 25 --epochs 10`) the test accuracy was 0.88.
 
 Tested: `tests/gallery/test_keyword_spotting.py` runs it with `--epochs 10 --per-word 25` and requires a test
 accuracy of at least 0.8 (chance is a tenth), with espeak-ng where it is installed and the tones where it is not,
-and the 50 test WAV files served over HTTP answered with at least 0.8 and an agreement of 1.0 with the model in
-memory.
+the 50 test WAV files, written at 8000 Hz, sent as they are over HTTP and labelled with at least 0.8 and an agreement
+of 1.0 with the model in memory, and the `kiln predict --file` command printed.
 """
 
 from __future__ import annotations

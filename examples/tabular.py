@@ -5,10 +5,11 @@ file with a header and a text label, as a spreadsheet would export it, and read 
 `kiln.data.read_csv(path, label="diagnosis")`: text labels become class ids, `dataset.classes` names them. The
 features span four orders of magnitude (areas in the thousands, smoothness around 0.1), so they are standardised with
 the training set's mean and standard deviation — `kiln.data.Normalize(mean, std)` as the datasets' batch transform —
-and the same numbers are registered as the package's preprocessing, with the feature names and the classes
-(`preprocessing = {"standardize": {"mean": [...], "std": [...]}, "features": [...], "classes": [...]}`). The
-client reads it back from the server (`client.metadata("breast-cancer")["preprocessing"]`, that is
-`GET /v1/models/breast-cancer`), standardises raw CSV rows with it (`standardise` in the script) and sends them:
+and the same numbers are registered as the package's declared preprocessing (`kiln.export.preprocess`): a
+`standardize` input step with the means, the standard deviations and the feature names, and a `classes` output step
+with the diagnoses. The server applies it on `/v1` and in `kiln predict`, so a client sends raw CSV rows as they are
+(`{"inputs": [[17.99, 10.38, ...30 values], ...]}`), the server computes `(x - mean) / std` as `Normalize` does and
+answers `"labels"` ("benign" or "malignant") next to the raw `"outputs"`; `/v2` still takes standardised rows.
 
 ```bash
 python examples/tabular.py --epochs 30
@@ -17,19 +18,21 @@ python examples/tabular.py --epochs 30
 ```text
 read breast_cancer.csv: 569 rows, 30 features, classes ['benign', 'malignant']
 test accuracy 0.9561  test loss 0.0917
-registered breast-cancer@1 (run bd8839fbe44147df8efd305864b74dab) and promoted it to production
+registered breast-cancer@1 (run 046e2919d3104e67b70fe9d0e33ba392) and promoted it to production
 
 serve it:   kiln serve breast-cancer@production
 query it:   kiln predict breast-cancer --input @breast_cancer.json
             # or: curl -s localhost:8000/v1/models/breast-cancer:predict -d @breast_cancer.json
-            the request holds one standardised row: (raw - mean) / std, from the model's preprocessing
-served breast-cancer@1 (onnx): 114 raw test rows standardised by the client, accuracy 0.9561, agreement with the
+            the request holds one raw CSV row: the server standardises it and answers its diagnosis
+  labels of the first five test rows: ['benign', 'benign', 'benign', 'benign', 'benign']
+served breast-cancer@1 (onnx): 114 raw test rows standardised by the server, accuracy 0.9561, agreement with the
 in-process model 1.0000
 ```
 
 Tested: `tests/gallery/test_tabular.py` runs it with `--epochs 25` and requires a test accuracy of at least 0.93
 (an untrained model, or one fed unstandardised features, is far below), the same over HTTP from the 114 raw rows the
-client standardised, and an agreement of 1.0 with the model in memory.
+server standardised, an agreement of 1.0 with the model in memory, and a request file that holds one raw row of 30
+measurements.
 """
 
 from __future__ import annotations

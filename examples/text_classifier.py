@@ -6,11 +6,12 @@ in a third of the sentences, and words two topics share ("cloud", "chips", "pitc
 word `Vocabulary` on the training file and encodes the test file with it. The model is an `nn.EmbeddingBag` (the
 mean of the words' embeddings, padding skipped) and a linear layer.
 
-The vocabulary is part of the package: `vocabulary.state_dict()` (the tokenizer's name and the tokens in id order,
-plain JSON) goes into `preprocessing` with the maximum length and the class names. A client rebuilds the tokenizer
-from the server's metadata (`Vocabulary().load_state_dict(meta["vocabulary"])`), so it always tokenises as the
-served version was trained, sends the token ids and maps the answer back to topic names (`kiln serve` takes
-tensors; it does not tokenise text itself).
+The vocabulary is part of the package, as a declared preprocessing step (`kiln.export.preprocess`): a `text` step
+holds the tokenizer's name, the tokens in id order (`vocabulary.state_dict()["tokens"]`, plain JSON) and the maximum
+length, and a `classes` output step names the topics. `kiln serve` applies it on `/v1` and in `kiln predict`: a
+client sends the text itself (`{"inputs": ["a sentence", ...]}` or a `text/plain` body), the server tokenizes it
+exactly as `Vocabulary` did in training (one implementation, `kiln._tokens`) and answers `"labels"` (topic names)
+next to the raw `"outputs"`. No client code needs the vocabulary; `/v2` still takes token ids.
 
 ```bash
 python examples/text_classifier.py --epochs 10
@@ -19,27 +20,28 @@ python examples/text_classifier.py --epochs 10
 ```text
 4000 training sentences, Vocabulary(size=118, tokenizer='word'), classes ['cooking', 'sports', 'technology', ...]
 test accuracy 0.9760  test loss 0.0765
-packaging for onnxruntime only; the torch runtime cannot rebuild it: torch.nn.modules.container:Sequential(**{})
-builds a different module: missing ['0.weight', '1.bias', '1.weight'], unexpected [], other shapes []
-registered topics@1 (run fb04ed9a97ee4726a807b8b465355b47) and promoted it to production
+registered topics@1 (run 92484b3b6d4c455ba94d79e6d7f96f5f) and promoted it to production
 
 serve it:   kiln serve topics@production
 query it:   kiln predict topics --input @topics.json
             # or: curl -s localhost:8000/v1/models/topics:predict -d @topics.json
-            the request holds the token ids of 'the striker scored a late goal and the fans went wild'
+            the request holds the text itself: the server tokenizes it and answers its topic
   sports     <- 'the striker scored a late goal and the fans went wild'
   weather    <- 'expect heavy rain and strong wind tonight'
   cooking    <- 'melt the butter in a pan then add the garlic'
   technology <- 'the laptop needs a software update'
-served topics@production: 1000 test sentences over HTTP, accuracy 0.9760, agreement with the in-process model 1.0000
+served topics@production: 1000 test sentences sent as text over HTTP, accuracy 0.9760, agreement with the
+in-process model 1.0000
 ```
 
-The "packaging for onnxruntime only" line is the store saying that kiln's `nn.Sequential` rebuilder does not know
-`EmbeddingBag`; the ONNX graph serves the model, which is what `kiln serve` uses by default.
+`topics.json` is `{"inputs": ["the striker scored a late goal and the fans went wild"]}`, and the answer to it is
+`{"outputs": [[...4 logits...]], "labels": ["sports"]}`.
 
 Tested: `tests/gallery/test_text_classifier.py` runs it with `--epochs 10 --train-size 2000` and requires a test
-accuracy of at least 0.93 (chance is a quarter), then starts `kiln serve` itself, tokenises 4 new sentences with the
-vocabulary from the server's metadata and checks each topic, and runs the `kiln predict` command the script printed.
+accuracy of at least 0.93 (chance is a quarter), then starts `kiln serve` itself, checks that the metadata route
+says it applies the text step, sends 4 new sentences as text and checks each topic label (and that they are the
+labels of the ids `kiln.data.Vocabulary` gives, run through the graph in the test's process), and runs the
+`kiln predict` command the script printed.
 """
 
 from __future__ import annotations
