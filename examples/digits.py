@@ -22,13 +22,13 @@ in memory.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import subprocess
 import sys
 
 import numpy as np
 import torch
+from serving import example_parser
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -59,7 +59,7 @@ def load_data(seed: int = 0) -> tuple[ArrayDataset, ArrayDataset, ArrayDataset]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -32,17 +32,16 @@ rank 0 alone registering.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from digits import digits_cnn, load_data
+from serving import example_parser
 
 import kiln
 import kiln.store
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch-size", type=int, default=64, help="global batch: split over the ranks")
     parser.add_argument("--seed", type=int, default=0)

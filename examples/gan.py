@@ -39,13 +39,12 @@ two modes, and almost no sample of an untrained one is near a mode).
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from serving import promote, served, show_commands
+from serving import example_parser, promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -119,7 +118,7 @@ def plot(real: torch.Tensor, fake: torch.Tensor, path: Path, title: str) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--samples", type=int, default=8192, help="real points to train on")
     parser.add_argument("--seed", type=int, default=0)

@@ -126,13 +126,12 @@ exploding-gradient finding and a first-layer gradient above 10; `clipped` at lea
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from serving import promote, served, show_commands
+from serving import example_parser, promote, served, show_commands
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -189,7 +188,7 @@ def gradient_norms(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--depth", type=int, default=20, help="hidden layers")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")

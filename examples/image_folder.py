@@ -45,7 +45,6 @@ commands printed, and the files and the picture of the sizes expected.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import math
 import random
@@ -56,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from serving import promote, served, show_file_commands
+from serving import example_parser, promote, served, show_file_commands
 from torch import nn
 
 import kiln
@@ -142,7 +141,7 @@ def save_samples(dataset: kiln.data.ArrayDataset, path: Path, count: int = 8) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--per-class", type=int, default=300, help="training images per class")
     parser.add_argument("--test-per-class", type=int, default=100)

@@ -59,7 +59,6 @@ of 1.0 with the model in memory, and the `kiln predict --file` command printed.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -71,7 +70,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from serving import promote, served, show_file_commands
+from serving import example_parser, promote, served, show_file_commands
 from torch import nn
 
 import kiln
@@ -155,7 +154,7 @@ class KeywordNet(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--per-word", type=int, default=40, help="recordings of each keyword (a fifth for testing)")
     parser.add_argument("--seed", type=int, default=0)

@@ -52,14 +52,13 @@ sample of 200 characters, and 60 characters generated through the server.
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from serving import promote, served, show_commands
+from serving import example_parser, promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -143,7 +142,7 @@ def window(vocabulary: Vocabulary, text: str) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--chars", type=int, default=None, help="use only the first CHARS characters of the docs")
     parser.add_argument("--batch-size", type=int, default=16, help="parallel streams of text")

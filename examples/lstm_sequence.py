@@ -14,9 +14,8 @@ Tested: `tests/test_examples.py` runs it with `--epochs 4` and requires a test a
 
 from __future__ import annotations
 
-import argparse
-
 import torch
+from serving import example_parser
 from torch import nn
 
 import kiln
@@ -46,7 +45,7 @@ class LSTMClassifier(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)

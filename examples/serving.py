@@ -1,13 +1,16 @@
-"""What every gallery example does last: serve the registered model with `kiln serve` and query it over HTTP.
+"""What the gallery examples share: their command line, and serving the registered model and querying it over HTTP.
 
 Not an example of its own; the gallery scripts import it (``from serving import served``), so copy it along with the
-script you copy. ``served`` starts ``kiln serve NAME@ALIAS`` as a real process on 127.0.0.1 (the store is the same
+script you copy. ``example_parser`` is each script's argument parser: its ``--help`` prints the first paragraph of
+the script's docstring and where the rest is (the docstring is the script's whole gallery page, too long for a
+terminal). ``served`` starts ``kiln serve NAME@ALIAS`` as a real process on 127.0.0.1 (the store is the same
 ``$KILN_HOME`` or ``./.kiln`` the script registered into), waits until it is ready, hands you a
 :class:`kiln.serve.Client`, and stops the server with SIGTERM (it answers what is in flight, then exits 0).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -23,6 +26,21 @@ import numpy as np
 
 import kiln.store
 from kiln.serve import Client
+
+
+def example_parser(doc: str | None, script: str) -> argparse.ArgumentParser:
+    """The argument parser of the gallery script ``script`` (its ``__file__``) whose docstring is ``doc``.
+
+    ``--help`` prints the docstring's first paragraph and where the rest is, not the whole page.
+    """
+    summary = (doc or "").strip().split("\n\n", 1)[0]
+    path = Path(script).resolve()
+    folder = Path(__file__).resolve().parent
+    name = path.relative_to(folder).with_suffix("").as_posix() if path.is_relative_to(folder) else path.stem
+    where = f"examples/{name}.py" if path.is_relative_to(folder) else path.name
+    more = f"The whole page: {where}'s docstring (gallery/{name}.md on the docs site)."
+    formatter = argparse.RawDescriptionHelpFormatter  # keeps the two paragraphs apart
+    return argparse.ArgumentParser(description=f"{summary}\n\n{more}", formatter_class=formatter)
 
 
 def free_port() -> int:

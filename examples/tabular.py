@@ -37,13 +37,12 @@ measurements.
 
 from __future__ import annotations
 
-import argparse
 import csv
 from pathlib import Path
 
 import numpy as np
 import torch
-from serving import promote, served, show_commands
+from serving import example_parser, promote, served, show_commands
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
@@ -76,7 +75,7 @@ def mlp(features: int, hidden: int = 64, classes: int = 2) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", type=Path, default=Path("breast_cancer.csv"), help="where to write the table")

@@ -46,14 +46,13 @@ labels of the ids `kiln.data.Vocabulary` gives, run through the graph in the tes
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-from serving import promote, served, show_commands
+from serving import example_parser, promote, served, show_commands
 from torch import nn
 
 import kiln
@@ -118,7 +117,7 @@ def classifier(vocabulary_size: int, classes: int, dim: int = 32) -> nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = example_parser(__doc__, __file__)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-size", type=int, default=4000, help="sentences in the training file")
     parser.add_argument("--seed", type=int, default=0)
