@@ -86,7 +86,15 @@ def test_run_page_and_series(client: Client, filled: Filled) -> None:
     page = client.get(f"/runs/{run_id}")
     assert page.status_code == 200 and "blobs@1" in page.text and 'id="charts"' in page.text
     data = client.get(f"/api/runs/{run_id}/series").json()
-    assert data["changed"] and set(data["series"]) == {"batch_loss", "loss", "lr", "val_loss", "val_accuracy"}
+    assert data["changed"] and set(data["series"]) == {
+        "batch_loss",
+        "loss",
+        "lr",
+        "val_loss",
+        "val_accuracy",
+        "update_ratio/0",
+        "update_ratio/2",
+    }  # the doctor's, per layer
     assert data["charts"][0]["title"] == "loss" and len(data["charts"][0]["series"]) == 3
     assert data["series"]["val_loss"]["step"] == sorted(data["series"]["val_loss"]["step"])
     again = client.get(f"/api/runs/{run_id}/series", params={"since": data["state"]["token"]}).json()
@@ -197,7 +205,7 @@ def test_doctor_findings_recorded_with_a_run_are_listed(tmp_path) -> None:
     assert "&lt;b&gt;2&lt;/b&gt;" in page
     charts = client.get(f"/api/runs/{run.id}").json()["charts"]
     assert charts == [
-        {"title": "update_ratio", "series": [["update_ratio/0", "0"], ["update_ratio/2", "2"]], "log": True}
+        {"title": "update_ratio", "series": [["update_ratio/0", "0"], ["update_ratio/2", "2"]], "total": 2, "log": True}
     ]
     with Store(tmp_path / "s") as store, store.start_run("plain") as plain:
         plain.log({"loss": 1.0}, step=1)

@@ -1,7 +1,8 @@
 """Compare runs: ``GET /compare?run=ID&run=ID...`` (2 to 10 runs) and ``GET /api/compare`` (the same as JSON).
 
 The page overlays each metric's curves (one colour per run) and lists every parameter, marking those that differ;
-the curves are fetched by the page from ``/api/runs/{id}/series``.
+the curves are fetched by the page from ``/api/runs/{id}/series``, chart by chart as they scroll into view, asking each
+run only for the metrics it logged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..store.views import metric_keys
 from .context import Ui, json_response, view
-from .pages import HttpError
+from .pages import HttpError, natural_key
 
 __all__ = ["MAX_RUNS", "compare_impl", "routes"]
 
@@ -24,10 +25,12 @@ _PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#dc2626", "#9333ea", "#0891b2", "#
             "#65a30d")  # fmt: skip
 
 
-def _metric_order(key: str) -> tuple[int, str]:
+def _metric_order(key: str) -> tuple[Any, ...]:
+    """Loss first, lr after the other quantities, per-layer ``group/layer`` metrics last; names in natural order
+    (``layer2`` before ``layer10``), each quantity's validation, train and batch values together."""
     base = key.removeprefix("val_").removeprefix("batch_")
     rank = 0 if base == "loss" else 2 if base == "lr" else 3 if "/" in key else 1
-    return rank, base + ("0" if key.startswith("val_") else "1" if not key.startswith("batch_") else "2")
+    return rank, natural_key(base), 0 if key.startswith("val_") else 1 if not key.startswith("batch_") else 2
 
 
 def _show(value: Any) -> str:
@@ -65,12 +68,10 @@ def compare_impl(ui: Ui, run_ids: list[str]) -> dict[str, Any]:
         values = [_show(info.params[name]) if name in info.params else "–" for info in infos]
         params.append({"name": name, "cells": values, "differs": len(set(values)) > 1})
     labels = _labels(infos, [p for p in params if p["differs"]])
-    keys: set[str] = set()
-    for info in infos:
-        keys.update(metric_keys(ui.store, info.id))
-    keys.discard("epoch")
+    logged = [[k for k in metric_keys(ui.store, info.id) if k != "epoch"] for info in infos]
+    keys = {key for mine in logged for key in mine}
     runs = [{"id": info.id, "name": info.name, "label": labels[i], "status": info.status, "color": _PALETTE[i],
-             "info": info} for i, info in enumerate(infos)]  # fmt: skip
+             "info": info, "keys": logged[i]} for i, info in enumerate(infos)]  # fmt: skip
     return {"runs": runs, "params": params, "metrics": sorted(keys, key=_metric_order)}
 
 
@@ -83,8 +84,8 @@ def routes(ui: Ui) -> list[BaseRoute]:
 
     def compare_page(request: Request) -> Response:
         data = compare_impl(ui, _ids(request))
-        runs = [{"id": r["id"], "label": r["label"], "color": r["color"], "start": r["info"].start_time}
-                for r in data["runs"]]  # fmt: skip
+        runs = [{"id": r["id"], "label": r["label"], "color": r["color"], "start": r["info"].start_time,
+                 "keys": r["keys"]} for r in data["runs"]]  # fmt: skip
         spec = {"runs": runs, "metrics": data["metrics"]}
         return ui.page(request, "compare.html", title="Compare runs", spec_json=json.dumps(spec), **data)
 

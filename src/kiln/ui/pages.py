@@ -10,6 +10,7 @@ import csv
 import datetime as dt
 import io
 import math
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ __all__ = [
     "duration",
     "environment",
     "error_status",
+    "natsort",
+    "natsorted",
+    "natural_key",
     "number",
     "read_body",
     "read_form",
@@ -138,6 +142,31 @@ def shape(entry: Mapping[str, Any]) -> str:
     return f"{entry.get('dtype', '?')}[{dims}]"
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that reads the numbers in a name as numbers: ``layer2`` before ``layer10`` (plain text order puts
+    ``layer10`` first). The UI's charts, legends and tables use it wherever metric or layer names are listed.
+
+    Example:
+        >>> sorted(["l10", "l2", "l1.w", "L3"], key=natural_key)
+        ['l1.w', 'l2', 'L3', 'l10']
+    """
+    parts = _DIGITS.split(text)
+    return tuple((1, int(part)) if i % 2 else (0, part.casefold()) for i, part in enumerate(parts))
+
+
+def natsort(mapping: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """A mapping's items in :func:`natural_key` order of the keys (Jinja's ``dictsort``, numbers as numbers)."""
+    return sorted(mapping.items(), key=lambda item: (natural_key(str(item[0])), str(item[0])))
+
+
+def natsorted(names: Iterable[str]) -> list[str]:
+    """Names in :func:`natural_key` order."""
+    return sorted(names, key=lambda name: (natural_key(name), name))
+
+
 def environment() -> Environment:
     """Templates from the package, every value HTML-escaped unless a template says otherwise (none do)."""
     env = Environment(
@@ -147,7 +176,8 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=when, duration=duration, number=number, size=size, shape=shape)
+    env.filters.update(when=when, duration=duration, number=number, size=size, shape=shape, natsort=natsort,
+                       natsorted=natsorted)  # fmt: skip
     return env
 
 

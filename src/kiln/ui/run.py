@@ -1,9 +1,10 @@
 """One run: ``GET /runs/{id}`` (page), ``GET /api/runs/{id}`` (JSON), ``GET /api/runs/{id}/series`` (its metric
 series, downsampled; CSV of one metric with ``key=...&format=csv``) and ``GET /runs/{id}/artifacts/{name}``.
 
-The series route takes ``key`` (repeat it; default every metric) and ``since`` (the ``state.token`` of the last
-answer: when the run has not written since, the answer is ``{"changed": false}`` without reading a metric). A page
-polls it every 1.5 s while the run is running.
+The series route takes ``key`` (repeat it, at most 64 times; default every metric, when a run has at most 64) and
+``since`` (the ``state.token`` of the last answer: when the run has not written since, the answer is
+``{"changed": false}`` without reading a metric). A page polls it every 1.5 s while the run is running, and fetches
+the curves of the charts in view, chart by chart in requests of at most 64 metrics.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from starlette.routing import BaseRoute, Route
 from ..store import RunInfo
 from ..store.views import metric_keys, run_state, run_versions
 from .context import Ui, json_response, view
-from .pages import HttpError, csv_text
+from .pages import HttpError, csv_text, natural_key
 
 __all__ = ["DOCTOR_ARTIFACT", "chart_groups", "routes", "run_impl", "series_impl"]
 
 DOCTOR_ARTIFACT = "doctor.json"  # the gradient doctor's findings, when a run recorded them: [Finding.to_dict(), ...]
-MAX_KEYS = 64
+MAX_KEYS = 64  # metrics per series request: the page asks chart by chart, in batches under this
+MAX_SERIES = 12  # lines on one chart: more would make a legend nobody can read
 _MAX_DOCTOR_BYTES = 1 << 20
 _SAFE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _SKIPPED = {"epoch"}  # the step's epoch, not a curve worth a chart
@@ -48,21 +50,26 @@ def _role(key: str) -> tuple[str, str]:
 def chart_groups(keys: Iterable[str]) -> list[dict[str, Any]]:
     """Which metrics share a chart: train and validation of one quantity on the same axes, loss first, lr last.
 
+    Names sort naturally (``layer2`` before ``layer10``). A chart draws at most ``MAX_SERIES`` lines, the first ones
+    in that order; ``total`` counts them all.
+
     Example:
         >>> chart_groups(["batch_loss", "epoch", "loss", "lr", "val_loss"])
         [{'title': 'loss', 'series': [['batch_loss', 'train (batch)'], ['loss', 'train'], ['val_loss', 'validation']],
-          'log': False}, {'title': 'lr', 'series': [['lr', 'train']], 'log': False}]
+          'total': 3, 'log': False}, {'title': 'lr', 'series': [['lr', 'train']], 'total': 1, 'log': False}]
     """
     groups: dict[str, list[list[str]]] = {}
-    for key in sorted(set(keys) - _SKIPPED):
+    for key in sorted(set(keys) - _SKIPPED, key=natural_key):
         title, label = _role(key)
         groups.setdefault(title, []).append([key, label])
     order = {"train (batch)": 0, "train": 1, "validation": 2}
     charts: list[dict[str, Any]] = []
     for title, series in groups.items():
-        series.sort(key=lambda pair: (order.get(pair[1], 3), pair[1]))
-        charts.append({"title": title, "series": series[:12], "log": title.startswith("update")})
-    charts.sort(key=lambda c: (c["title"] != "loss", "/" in c["series"][0][0], c["title"] == "lr", c["title"]))
+        series.sort(key=lambda pair: (order.get(pair[1], 3), natural_key(pair[1])))
+        charts.append({"title": title, "series": series[:MAX_SERIES], "total": len(series),
+                       "log": title.startswith("update")})  # fmt: skip
+    charts.sort(key=lambda c: (c["title"] != "loss", "/" in c["series"][0][0], c["title"] == "lr",
+                               natural_key(c["title"])))  # fmt: skip
     return charts
 
 

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from ..store.runs import REPORTED_STATUSES
 from ..store.views import MAX_PAGE, RunPage, RunQuery, run_page
 from .context import Ui, json_response, view
-from .pages import HttpError, as_int, csv_text
+from .pages import HttpError, as_int, csv_text, natsorted
 
 __all__ = ["parse_run_query", "routes", "runs_impl"]
 
@@ -106,7 +106,7 @@ def routes(ui: Ui) -> list[BaseRoute]:
         if request.query_params.get("format", "json") != "json":
             raise HttpError(400, "format must be 'json' or 'csv'.")
         return json_response({"total": page.total, "offset": page.offset, "limit": page.limit,
-                              "columns": list(page.columns), "keys": list(page.keys),
+                              "columns": list(page.columns), "keys": natsorted(page.keys),
                               "runs": [_row_dict(row, now) for row in page.runs]})  # fmt: skip
 
     return [Route("/", view(ui, runs_page)), Route("/api/runs", view(ui, runs_api))]
