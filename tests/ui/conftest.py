@@ -9,7 +9,12 @@ params and one metric name are HTML and script.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,9 @@ HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 HOSTILE_TAG = "</script><script>alert(2)</script>"
 HOSTILE_METRIC = "<img src=y onerror=alert(3)>"
 TOKEN = "t0ken-for-the-ui-tests-0123456789"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; Playwright's own download is not reachable
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -102,3 +110,50 @@ def client(filled: Filled) -> Iterator[Client]:
 
 def make_client(path: Path, **config: Any) -> Client:
     return Client(create_app(UiConfig(store=path, **config)))
+
+
+@contextmanager
+def serve_ui(path: Path) -> Iterator[str]:
+    """A real `kiln ui` subprocess on the store at ``path`` (a free port); yields its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kiln.cli", "ui", "--store", str(path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert process.stdout is not None
+    line = process.stdout.readline()  # printed once the port is bound
+    if "serving read-only at http://127.0.0.1:" not in line:
+        process.kill()
+        raise AssertionError(f"kiln ui did not start: {line}{process.stdout.read()}")
+    try:
+        yield line.split(" at ")[1].split()[0].rstrip("/")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium through Playwright (the dev extra)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A 1280x800 page that fails the test on a JavaScript error, a Content-Security-Policy violation (both reach
+    the console) or any dialog."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    opened.set_default_timeout(15_000)
+    yield opened
+    context.close()
+    assert problems == [], problems

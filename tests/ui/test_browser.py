@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,11 +21,7 @@ import pytest
 from kiln.serve.local import predict_local
 from kiln.store import Store
 
-from .conftest import HOSTILE_METRIC, HOSTILE_NAME, HOSTILE_TAG, Filled
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+from .conftest import CHROMIUM, HOSTILE_METRIC, HOSTILE_NAME, HOSTILE_TAG, Filled, serve_ui
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason="needs Debian's chromium: bash scripts/setup.sh dev"
@@ -44,43 +38,8 @@ def served(filled: Filled, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(served: Path) -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli", "ui", "--store", str(served), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline()  # printed once the port is bound
-    if "serving read-only at http://127.0.0.1:" not in line:
-        process.kill()
-        raise AssertionError(f"kiln ui did not start: {line}{process.stdout.read()}")
-    yield line.split(" at ")[1].split()[0].rstrip("/")
-    process.terminate()
-    process.wait(timeout=10)
-    process.stdout.close()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright  # the dev extra
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    opened = context.new_page()
-    problems: list[str] = []
-    opened.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    opened.on("pageerror", lambda error: problems.append(str(error)))
-    opened.on("dialog", lambda dialog: (problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
-    opened.set_default_timeout(15_000)
-    yield opened
-    context.close()
-    assert problems == [], problems
+    with serve_ui(served) as url:
+        yield url
 
 
 def test_runs_filter_run_compare_models_try_it(page: Any, server: str, filled: Filled) -> None:
@@ -94,8 +53,9 @@ def test_runs_filter_run_compare_models_try_it(page: Any, server: str, filled: F
     page.click(f"a[href='/runs/{filled.runs[1]}']")
     page.wait_for_selector("#charts[data-ready] .chart canvas")
     charts = {c.get_attribute("data-title"): c.get_attribute("data-series") for c in page.locator(".chart").all()}
-    assert charts == {"loss": "3", "accuracy": "1", "lr": "1"}  # batch, train and validation loss on one chart
-    assert page.locator(".chart canvas").count() == 3
+    # batch, train and validation loss on one chart; the doctor's update ratios of the MLP's two layers on another
+    assert charts == {"loss": "3", "accuracy": "1", "lr": "1", "update_ratio": "2"}
+    assert page.locator(".chart canvas").count() == 4
     assert page.get_attribute(".chart[data-title=loss]", "data-log") == "0"
     page.check("#log-y")
     assert page.get_attribute(".chart[data-title=loss]", "data-log") == "1"
@@ -147,7 +107,7 @@ def test_a_running_run_updates_live(page: Any, server: str, served: Path) -> Non
         try:
             run.log({"loss": 1.0}, step=1)
             page.goto(f"{server}/runs/{run.id}")
-            chart = page.locator(".chart[data-title=loss]")
+            chart = page.locator(".chart[data-title=loss][data-last-step]")  # drawn, not just laid out
             chart.wait_for()
             assert chart.get_attribute("data-last-step") == "1" and page.inner_text("#run-status") == "running"
             run.log({"loss": 0.5}, step=2)  # flushed at once (flush_seconds=0)

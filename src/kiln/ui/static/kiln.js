@@ -4,6 +4,8 @@
 
 (function () {
   const POLL_MS = 1500;
+  const MAX_KEYS = 64;  // metrics per series request: the server refuses more
+  const LABEL_GAP = 22;  // px between two y-axis labels (12 px text)
   const RUN_COLORS = { "train (batch)": "#93c5fd", train: "#2563eb", validation: "#ea580c" };
   const EXTRA_COLORS = ["#16a34a", "#9333ea", "#0891b2", "#ca8a04", "#db2777", "#4b5563", "#65a30d", "#dc2626"];
 
@@ -47,6 +49,26 @@
     });
   }
 
+  /* Labels on a log axis: a power of ten as 1e-8 (0.001 to 1000 written out), 2 and 5 as 2e-8, 5e-8. */
+  function logFmt(v) {
+    return v >= 1e-3 && v < 1e4 ? String(Number(v.toPrecision(2))) : v.toExponential(0).replace("e+", "e");
+  }
+
+  /* Which ticks of a log axis carry a label (and a grid line): the powers of ten when the decades have room,
+     every 2nd, 3rd... power when they are close (1e-8 to 1 on a 230 px chart), and 2 and 5 within a decade when it
+     is tall. uPlot would label every power of ten, however close. */
+  function logTicks(u, splits) {
+    const decade = Math.abs(u.valToPos(1, "y") - u.valToPos(10, "y"));
+    const every = Math.max(1, Math.ceil(LABEL_GAP / Math.max(decade, 1e-6)));
+    return splits.map((v) => {
+      if (v == null || !(v > 0)) return null;
+      const power = Math.round(Math.log10(v));
+      if (Math.abs(v / Math.pow(10, power) - 1) < 1e-6) return power % every === 0 ? v : null;
+      const mantissa = Math.round(v / Math.pow(10, Math.floor(Math.log10(v) + 1e-9)));
+      return decade >= 3.5 * LABEL_GAP && (mantissa === 2 || mantissa === 5) ? v : null;
+    });
+  }
+
   function positive(data) {
     for (let i = 1; i < data.length; i++) for (const v of data[i]) if (v != null && v <= 0) return false;
     return true;
@@ -54,13 +76,14 @@
 
   /* One chart: a title, a uPlot on the shared x, NaN markers, and a note (points shown / logged, NaN steps). */
   class Chart {
-    constructor(parent, title, lines) {
+    constructor(parent, title, lines, hidden) {
       this.title = title;
-      this.lines = lines; // [{key, label, color, series}]
+      this.lines = lines || []; // [{key, label, color, series}]
+      this.hidden = hidden || 0; // lines the chart leaves out (over 12)
       this.box = el("div", "chart");
       this.box.dataset.title = title;
       this.box.append(el("h3", null, title));
-      this.plotArea = el("div", "plot");
+      this.plotArea = el("div", "plot pending");
       this.note = el("div", "note");
       this.box.append(this.plotArea, this.note);
       parent.append(this.box);
@@ -74,6 +97,7 @@
     }
 
     render(opts) {
+      if (!this.lines.length) return;
       const data = this.data(opts);
       const log = opts.log && positive(data);
       const elapsed = opts.time && this.lines.some((l) => l.origin != null);  // seconds since each run's start
@@ -86,8 +110,15 @@
           { label: elapsed ? "seconds since the run started" : opts.time ? "wall time" : "step", labelSize: 18,
             size: 36, stroke: "#4b5563",
             grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } },
-          { label: this.title + (log ? " (log)" : ""), labelSize: 18, size: 58, stroke: "#4b5563",
-            grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" }, values: (u, vals) => vals.map(fmt) },
+          { label: this.title + (log ? " (log)" : ""), labelSize: 18, size: 58, stroke: "#4b5563", space: LABEL_GAP,
+            ...(log ? { filter: logTicks } : {}),  // uPlot's defaults stay on linear axes
+            grid: { stroke: "#eef0f3", ...(log ? { filter: logTicks } : {}) },
+            ticks: { stroke: "#e5e7eb", ...(log ? { filter: logTicks } : {}) },
+            values: (u, vals) => {
+              const labels = vals.map((v) => (v == null ? null : log ? logFmt(v) : fmt(v)));
+              this.yTicks = vals.map((v, i) => [v, labels[i]]);
+              return labels;
+            } },
         ],
         series: [
           { label: opts.time ? "time" : "step", value: opts.time ? undefined : (u, v) => (v == null ? "–" : String(v)) },
@@ -99,15 +130,23 @@
         cursor: { drag: { x: true, y: false, setScale: true } },
         legend: { live: true },
         hooks: {
-          draw: [(u) => drawNaN(u, markers)],
+          draw: [(u) => { drawNaN(u, markers); this.recordLabels(u); }],
           setScale: [(u, key) => { if (key === "x") this.zoomed = u.scales.x.min > u.data[0][0] || u.scales.x.max < u.data[0][u.data[0].length - 1]; }],
         },
       };
       if (this.plot) this.plot.destroy();
       this.plotArea.textContent = "";
+      this.plotArea.classList.remove("pending");
       this.plot = new uPlot(options, data, this.plotArea);
       this.zoomed = false;
       this.describe(log, opts.log);
+    }
+
+    /* The y labels as drawn, [[text, y px], ...], on the box (data-y-labels): what a test can check for overlap. */
+    recordLabels(u) {
+      if (!this.yTicks) return;
+      const shown = this.yTicks.filter(([v, text]) => v != null && text);
+      this.box.dataset.yLabels = JSON.stringify(shown.map(([v, text]) => [text, Math.round(u.valToPos(v, "y"))]));
     }
 
     update(lines, opts) {
@@ -134,6 +173,7 @@
       this.box.dataset.lastStep = lastStep === null ? "" : String(lastStep);
       this.note.textContent = "";
       const parts = [];
+      if (this.hidden) parts.push(this.lines.length + " of " + (this.lines.length + this.hidden) + " series (the first by name)");
       if (total > shown) parts.push(shown.toLocaleString() + " of " + total.toLocaleString() + " points (min/max per bucket)");
       if (wantedLog && !log) parts.push("log scale off: values ≤ 0");
       if (parts.length) this.note.append(document.createTextNode(parts.join(" · ")));
@@ -146,6 +186,118 @@
     resize() {
       if (this.plot) this.plot.setSize({ width: Math.max(240, this.plotArea.clientWidth), height: 230 });
     }
+
+    remove() {
+      if (this.plot) this.plot.destroy();
+      this.box.remove();
+    }
+  }
+
+  /* Charts fetched and drawn as they come near the view: a run with hundreds of metrics asks the server only for the
+     curves on screen (and a screen's height around it), chart by chart in requests of at most MAX_KEYS metrics, and
+     keeps the rest as empty boxes until they are scrolled to. ``how`` gives a chart spec's metric keys (keys), fetches
+     some keys into the page's cache (fetch), makes a spec's lines from that cache (lines) and its options. */
+  class LazyCharts {
+    constructor(root, how) {
+      this.root = root;
+      this.how = how;
+      this.slots = [];
+      this.byBox = new WeakMap();  // chart box -> its slot
+      this.started = false;
+      this.busy = false;
+      this.again = false;
+      this.observer = new IntersectionObserver((entries) => {
+        for (const entry of entries) {
+          const slot = this.byBox.get(entry.target);
+          if (slot) slot.near = entry.isIntersecting;
+        }
+        this.fill();
+      }, { rootMargin: "100% 0px" });
+    }
+
+    /* Lay out one box per spec, in order; boxes of titles seen before are kept (with their drawing). */
+    setSpecs(specs) {
+      const old = new Map(this.slots.map((slot) => [slot.spec.title, slot]));
+      this.slots = specs.map((spec) => {
+        let slot = old.get(spec.title);
+        if (slot) {
+          old.delete(spec.title);
+          slot.spec = spec;
+          slot.fresh = false;
+        } else {
+          slot = { spec, near: false, fresh: false, chart: new Chart(this.root, spec.title, [], 0) };
+          this.byBox.set(slot.chart.box, slot);
+          this.observer.observe(slot.chart.box);
+        }
+        slot.chart.hidden = Math.max(0, (spec.total || 0) - spec.series.length);
+        this.root.append(slot.chart.box);
+        return slot;
+      });
+      for (const slot of old.values()) {
+        this.observer.unobserve(slot.chart.box);
+        slot.chart.remove();
+      }
+    }
+
+    /* The data changed: every chart fetches again when it is (or next comes) near the view. */
+    stale() {
+      this.started = true;
+      for (const slot of this.slots) slot.fresh = false;
+      this.fill();
+    }
+
+    charts() {
+      return this.slots.map((slot) => slot.chart);
+    }
+
+    redraw() {
+      for (const slot of this.slots) if (slot.chart.plot) slot.chart.render(this.how.options(slot.spec));
+    }
+
+    async fill() {
+      if (!this.started) return;
+      if (this.busy) { this.again = true; return; }
+      this.busy = true;
+      try {
+        do {
+          this.again = false;
+          const todo = this.slots.filter((slot) => slot.near && !slot.fresh);
+          for (const batch of batches(todo, (slot) => this.how.keys(slot.spec).length)) {
+            await this.how.fetch(batch.flatMap((slot) => this.how.keys(slot.spec)));
+            for (const slot of batch) {
+              slot.fresh = true;
+              slot.chart.update(this.how.lines(slot.spec), this.how.options(slot.spec));
+            }
+          }
+          if (todo.length) this.root.dataset.ready = String(this.slots.filter((slot) => slot.chart.plot).length);
+        } while (this.again);
+        delete this.root.dataset.error;
+      } catch (error) {
+        this.root.dataset.error = String(error.message || error);
+      } finally {
+        this.busy = false;
+      }
+    }
+  }
+
+  /* Consecutive groups of items whose sizes add up to at most MAX_KEYS (an item is never split). */
+  function batches(items, size) {
+    const out = [];
+    let current = [], count = 0;
+    for (const item of items) {
+      const n = size(item);
+      if (current.length && count + n > MAX_KEYS) { out.push(current); current = []; count = 0; }
+      current.push(item);
+      count += n;
+    }
+    if (current.length) out.push(current);
+    return out;
+  }
+
+  function seriesUrl(runId, keys, since) {
+    const query = keys.map((key) => "key=" + encodeURIComponent(key));
+    if (since) query.unshift("since=" + encodeURIComponent(since));
+    return "/api/runs/" + encodeURIComponent(runId) + "/series" + (query.length ? "?" + query.join("&") : "");
   }
 
   /* Red ticks at the bottom of the plot where a series logged NaN or inf: a single bad step stays visible. */
@@ -191,69 +343,61 @@
   }
 
   /* ------------------------------------------------------------------ run page */
+  /* The run's charts, drawn lazily (LazyCharts). While the run is running the page asks every POLL_MS whether it has
+     written since (one metric's series comes with the answer); when it has, the charts near the view fetch again. */
   function runPage(root) {
     const runId = root.dataset.run;
     let specs = JSON.parse(root.dataset.charts);
     let token = null;
-    let series = {};
-    let charts = [];
+    const cache = {};
     const badge = document.getElementById("run-status");
 
-    function build() {
-      root.textContent = "";
-      charts = specs.map((spec) => {
-        const present = spec.series.filter(([key]) => series[key]);
+    /* The page's settings; charts the server marks log (update/weight ratios) start on a log scale. */
+    function chartOptions(spec) {
+      const opts = settings();
+      const touched = document.getElementById("log-y") && document.getElementById("log-y").dataset.touched;
+      return { ...opts, log: opts.log || (!touched && !!spec.log) };
+    }
+
+    const grid = new LazyCharts(root, {
+      keys: (spec) => spec.series.map(([key]) => key),
+      fetch: async (keys) => Object.assign(cache, (await getJSON(seriesUrl(runId, keys))).series),
+      lines: (spec) => {
+        const present = spec.series.filter(([key]) => cache[key]);
         const alone = present.length === 1 && present[0][1] === "train (batch)";  // drawn in the strong colour
-        const lines = present.map(([key, label], i) => ({
-          key, label, series: series[key],
+        return present.map(([key, label], i) => ({
+          key, label, series: cache[key],
           color: alone ? RUN_COLORS.train : RUN_COLORS[label] || EXTRA_COLORS[i % EXTRA_COLORS.length],
         }));
-        return new Chart(root, spec.title, lines);
-      }).filter((c) => c.lines.length);
-      charts.forEach((c) => c.render(chartOptions(c.title)));
-      root.dataset.ready = String(charts.length);
-    }
+      },
+      options: chartOptions,
+    });
+    grid.setSpecs(specs);
 
-    /* The page's settings; charts the server marks log (update/weight ratios) start on a log scale. */
-    function chartOptions(title) {
-      const opts = settings();
-      const spec = specs.find((s) => s.title === title);
-      const touched = document.getElementById("log-y") && document.getElementById("log-y").dataset.touched;
-      return { ...opts, log: opts.log || (!touched && !!(spec && spec.log)) };
-    }
-
-    function refresh() {
-      for (const c of charts) {
-        c.update(c.lines.map((l) => ({ ...l, series: series[l.key] || l.series })), chartOptions(c.title));
-      }
-    }
-
-    async function load() {
-      const url = "/api/runs/" + encodeURIComponent(runId) + "/series" + (token ? "?since=" + encodeURIComponent(token) : "");
-      const answer = await getJSON(url);
+    async function check() {
+      const first = specs.length ? [specs[0].series[0][0]] : [];
+      const answer = await getJSON(seriesUrl(runId, first, token));
       const status = answer.state.status;
       if (badge && badge.textContent !== status) {
         badge.textContent = status;
         badge.className = "badge status-" + status;
       }
       root.dataset.status = status;
-      token = answer.state.token;
       if (!answer.changed) return status;
-      series = answer.series;
-      const newSpecs = answer.charts;
-      if (JSON.stringify(newSpecs) !== JSON.stringify(specs) || !charts.length) {
-        specs = newSpecs;
-        build();
-      } else {
-        refresh();
+      token = answer.state.token;
+      Object.assign(cache, answer.series);
+      if (JSON.stringify(answer.charts) !== JSON.stringify(specs)) {
+        specs = answer.charts;
+        grid.setSpecs(specs);
       }
+      grid.stale();
       return status;
     }
 
     async function poll() {
       let status = "running";
       try {
-        status = await load();
+        status = await check();
       } catch (error) {
         root.dataset.error = String(error.message || error);
       }
@@ -268,36 +412,38 @@
     onSettings(() => {
       const log = document.getElementById("log-y");
       if (log) log.dataset.touched = "1";
-      charts.forEach((c) => c.render(chartOptions(c.title)));
+      grid.redraw();
     });
-    onResize(() => charts);
+    onResize(() => grid.charts());
     poll();
   }
 
   /* ------------------------------------------------------------------ compare */
-  async function comparePage(root) {
+  /* One chart per metric, one line per run that logged it; each run's series fetched lazily, at most MAX_KEYS
+     metrics a request, and only the metrics that run has (spec.runs[i].keys). */
+  function comparePage(root) {
     const spec = JSON.parse(root.dataset.spec);
     const byRun = {};
-    await Promise.all(spec.runs.map(async (run) => {
-      const answer = await getJSON("/api/runs/" + encodeURIComponent(run.id) + "/series");
-      byRun[run.id] = answer.series || {};
-    }));
-    let charts = [];
-    function build() {
-      root.textContent = "";
-      const opts = settings();
-      charts = spec.metrics.map((key) => {
-        const lines = spec.runs.filter((r) => byRun[r.id][key]).map((r) => ({
-          key, label: r.label, color: r.color, series: byRun[r.id][key], origin: r.start,
-        }));
-        return new Chart(root, key, lines);
-      }).filter((c) => c.lines.length);
-      charts.forEach((c) => c.render(opts));
-      root.dataset.ready = String(charts.length);
+    const has = {};
+    for (const run of spec.runs) {
+      byRun[run.id] = {};
+      has[run.id] = new Set(run.keys);
     }
-    build();
-    onSettings(build);
-    onResize(() => charts);
+    const grid = new LazyCharts(root, {
+      keys: (chart) => [chart.title],
+      fetch: (keys) => Promise.all(spec.runs.map(async (run) => {
+        const mine = keys.filter((key) => has[run.id].has(key));
+        if (mine.length) Object.assign(byRun[run.id], (await getJSON(seriesUrl(run.id, mine))).series);
+      })),
+      lines: (chart) => spec.runs.filter((r) => byRun[r.id][chart.title]).map((r) => ({
+        key: chart.title, label: r.label, color: r.color, series: byRun[r.id][chart.title], origin: r.start,
+      })),
+      options: () => settings(),
+    });
+    grid.setSpecs(spec.metrics.map((key) => ({ title: key, series: [[key, key]] })));
+    grid.stale();
+    onSettings(() => grid.redraw());
+    onResize(() => grid.charts());
   }
 
   /* ------------------------------------------------------------------ try it */
@@ -381,7 +527,7 @@
     const run = document.getElementById("charts");
     if (run) runPage(run);
     const compare = document.getElementById("compare-charts");
-    if (compare) comparePage(compare).catch((error) => { compare.dataset.error = String(error.message || error); });
+    if (compare) comparePage(compare);
     const panel = document.getElementById("tryit");
     if (panel) tryIt(panel);
   });
