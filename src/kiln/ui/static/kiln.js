@@ -110,7 +110,7 @@
           { label: elapsed ? "seconds since the run started" : opts.time ? "wall time" : "step", labelSize: 18,
             size: 36, stroke: "#4b5563",
             grid: { stroke: "#eef0f3" }, ticks: { stroke: "#e5e7eb" } },
-          { label: this.title + (log ? " (log)" : ""), labelSize: 18, size: 58, stroke: "#4b5563", space: LABEL_GAP,
+          { label: this.title + (log ? " (log)" : ""), labelSize: 18, size: 58, stroke: "#4b5563",
             ...(log ? { filter: logTicks } : {}),  // uPlot's defaults stay on linear axes
             grid: { stroke: "#eef0f3", ...(log ? { filter: logTicks } : {}) },
             ticks: { stroke: "#e5e7eb", ...(log ? { filter: logTicks } : {}) },
