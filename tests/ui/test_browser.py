@@ -118,3 +118,21 @@ def test_a_running_run_updates_live(page: Any, server: str, served: Path) -> Non
             run.finish()
         expect(page.locator("#run-status")).to_have_text("finished", timeout=10_000)
     assert waited < 3.0, f"the new value took {waited:.2f} s to appear (the page polls every 1.5 s)"
+
+
+def test_a_run_opened_before_its_first_metric_draws_it_live(page: Any, server: str, served: Path) -> None:
+    from playwright.sync_api import expect
+
+    with Store(served) as store:
+        run = store.start_run("fresh", flush_seconds=0.0)
+        try:
+            page.goto(f"{server}/runs/{run.id}")
+            expect(page.locator("#charts-empty")).to_contain_text("they appear here as it logs them")
+            run.log({"loss": 0.75}, step=1)
+            chart = page.locator(".chart[data-title=loss][data-last-step]")
+            expect(chart).to_have_attribute("data-last-step", "1", timeout=10_000)  # no reload
+            expect(page.locator("#charts-empty")).to_have_count(0)
+            run.log({"loss": 0.5}, step=2)
+            expect(chart).to_have_attribute("data-last-step", "2", timeout=10_000)  # and it stays live
+        finally:
+            run.finish()

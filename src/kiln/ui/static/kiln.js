@@ -374,15 +374,33 @@
     });
     grid.setSpecs(specs);
 
-    async function check() {
-      const first = specs.length ? [specs[0].series[0][0]] : [];
-      const answer = await getJSON(seriesUrl(runId, first, token));
-      const status = answer.state.status;
+    function showStatus(status) {
       if (badge && badge.textContent !== status) {
         badge.textContent = status;
         badge.className = "badge status-" + status;
       }
       root.dataset.status = status;
+    }
+
+    /* A run opened before its first metric: the run's JSON says when charts exist (its metrics may be more than one
+       series request takes), then the lazy grid draws them and the polls below keep them live. */
+    async function firstCharts() {
+      const info = await getJSON("/api/runs/" + encodeURIComponent(runId));
+      showStatus(info.status);
+      if (info.charts.length) {
+        const empty = document.getElementById("charts-empty");
+        if (empty) empty.remove();
+        specs = info.charts;
+        grid.setSpecs(specs);
+      }
+      return info.status;
+    }
+
+    async function check() {
+      if (!specs.length) return firstCharts();
+      const answer = await getJSON(seriesUrl(runId, [specs[0].series[0][0]], token));
+      const status = answer.state.status;
+      showStatus(status);
       if (!answer.changed) return status;
       token = answer.state.token;
       Object.assign(cache, answer.series);
