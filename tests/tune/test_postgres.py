@@ -39,29 +39,33 @@ def _trials(storage: object) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def test_kiln_tune_on_postgresql_survives_sigkill_and_resumes(backend: store_tests.Backend) -> None:
+def test_kiln_tune_on_postgresql_survives_sigkill_and_resumes(backend: store_tests.Backend, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "kiln.cli", "tune", str(JOB), "--space", str(SPACE), "--trials", str(TRIALS),
                "--study", "pg", "--sampler", "random", "--seed", "0", "--pruner", "none", "--set", "fit.epochs=2",
                *backend.args()]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     store = backend.open()
     storage = open_storage(store)
-    tuner = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    running: list[optuna.trial.FrozenTrial] = []
-    while time.monotonic() < deadline:  # until a trial is done and the next one is training in its run
-        trials = _trials(storage)
-        done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and "kiln_run_id" in t.user_attrs]
-        if done and running:
-            break
-        if tuner.poll() is not None:
-            pytest.fail(f"the tuner ended before it could be killed: {tuner.communicate()[1][-3000:]}")
-        time.sleep(0.05)  # a polling interval, bounded by the deadline
-    else:
-        pytest.fail("the study never had a trial done and another running")
-    tuner.send_signal(signal.SIGKILL)
-    tuner.communicate(timeout=30)
+    log = tmp_path / "tuner.log"
+    with log.open("w") as stderr:
+        tuner = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 300
+        running: list[optuna.trial.FrozenTrial] = []
+        while time.monotonic() < deadline:  # until a trial is done and the next one is training in its run
+            trials = _trials(storage)
+            done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+            running = [t for t in trials if t.state.name == "RUNNING" and "kiln_run_id" in t.user_attrs]
+            if done and running:
+                break
+            if tuner.poll() is not None:
+                pytest.fail(f"the tuner ended before it could be killed: {log.read_text()[-3000:]}")
+            time.sleep(0.05)  # a polling interval, bounded by the deadline
+        else:
+            pytest.fail("the study never had a trial done and another running")
+    finally:
+        tuner.send_signal(signal.SIGKILL)  # also when the test failed: no tuner outlives it
+        tuner.wait(timeout=30)
     assert process_liveness(running[0].user_attrs["kiln_process"]) == "dead"
 
     before = {t.number: t for t in _trials(storage)}
