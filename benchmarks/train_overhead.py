@@ -26,6 +26,15 @@ drawn), kiln:<data>-nodoctor (fit(doctor=False)), kiln:<data>-quiet (verbose=0),
 without torch's fused step, as the hand-written loop builds it: kiln's loop alone), kiln:loader-bare (all three),
 lightning:bare (lean, and no self.log), and the pair: and abba: versions of every kiln config.
 
+track:<variant> (not run by default) measures what recording the fit as a run costs (``fit`` with a
+``TrackingCallback``: sampled batch losses, epoch logs, one store write per epoch end, the doctor's update ratios):
+in one process, whole fits of the same kiln config with and without tracking alternate tracked, untracked,
+untracked, tracked on fresh copies of the network, each tracked fit into a scratch SQLite store. Per fit, the time
+per step is the median over its epochs after the warm-up of (epoch CPU time ÷ steps), an epoch window holding one
+epoch-end write; the CPU time spent inside the tracker's epoch-end hook (its store write) is timed directly too.
+Run it alone, e.g. ``--models mlp cnn --configs track:array track:array-nodoctor --import-reps 0 --run-name
+tracking``.
+
 Every run has one torch thread (OMP_NUM_THREADS=1 and torch.set_num_threads(1)); reps are interleaved (the config
 order rotates every rep), each ratio is taken against torch:loader of the same model in the same rep, and tables
 show medians over reps. The speed of one run is the median over its timed epochs of each epoch's steps/s, in CPU
@@ -101,6 +110,7 @@ ALL_CONFIGS = (
     *(f"pair:{v}" for v in KILN_VARIANTS if f"pair:{v}" not in CONFIGS),
     "pair:loop",  # the A/A calibration
     *(f"abba:{v}" for v in KILN_VARIANTS),
+    *(f"track:{v}" for v in KILN_VARIANTS if not OWN_CONFIGS[f"kiln:{v}"].get("tty")),
 )
 SMOKE_CONFIGS = ("torch:loader", "kiln:loader", "kiln:array", "kiln:array-tty", "pair:array", "abba:array",
                  "lightning:lean")  # fmt: skip
@@ -118,6 +128,7 @@ IMPORT_SNIPPETS = {
 }
 RATE, WALL_RATE = "cpu_steps_per_s_epoch_median", "wall_steps_per_s_epoch_median"  # targets: the CPU-time ratio
 TARGET_SAME_PATH, TARGET_ARRAY_MLP, TARGET_IMPORT_S, TARGET_RSS = 0.97, 1.5, 0.5, 1.1
+TARGET_TRACKING = 1.02  # a tracked fit's time per step ÷ the same fit untracked
 
 
 def uses_tty(config: str) -> bool:
@@ -343,6 +354,64 @@ def run_alternating(config: str, model: str, common: ModuleType, blocks: int = 4
     })  # fmt: skip
 
 
+def run_tracked(config: str, model: str, common: ModuleType, blocks: int = 6) -> None:
+    """Whole fits of kiln ``config`` with and without run tracking, alternating tracked, untracked, untracked, tracked.
+
+    Each fit trains a fresh copy; a tracked fit records into a scratch store (SQLite, in the work folder). One ratio
+    per block: (tracked time per step of its two fits) ÷ (untracked time per step of its two), each fit's time per
+    step being the median over its timed epochs of epoch CPU time ÷ steps. The clock callback runs before the
+    tracker's epoch-end hook, so every epoch window holds exactly one epoch-end write.
+    """
+    import torch_models as M
+
+    import kiln
+    from kiln.store import Store
+    from kiln.train.tracking import TrackingCallback
+
+    x_train, y_train, _, _ = M.tensors(model)
+    built = M.build(model)
+    store = Store(Path(os.environ.get("BENCH_WORK_DIR", tempfile.mkdtemp())) / "store")
+    inside = [0.0]  # CPU s inside tracking's on_epoch_end (sampled losses to numbers, epoch logs, the store write)
+
+    class TimedTracking(TrackingCallback):
+        def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+            start = time.process_time()
+            super().on_epoch_end(model, epoch, logs)
+            inside[0] += time.process_time() - start
+
+    class EpochClock(kiln.Callback):
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, float]] = []  # (CPU s, CPU s inside tracking so far) at each epoch end
+
+        def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> None:
+            self.marks.append((time.process_time(), inside[0]))
+
+    def fit(tracked: bool) -> tuple[float, float]:
+        """(median CPU s per step, CPU s per step inside tracking's epoch-end hook) of one fit."""
+        clock = EpochClock()
+        callbacks: list[Any] = [clock, TimedTracking(store, "bench")] if tracked else [clock]
+        fit_kiln(config, copy.deepcopy(built), x_train, y_train, common, callbacks)
+        windows = list(itertools.pairwise(clock.marks))  # from the end of the warm-up epoch on
+        per_step = [(b[0] - a[0]) / common.STEPS_PER_EPOCH for a, b in windows]
+        hook = (clock.marks[-1][1] - clock.marks[0][1]) / (len(windows) * common.STEPS_PER_EPOCH)
+        return statistics.median(per_step), hook
+
+    fit(True), fit(False)  # warm-up: first-call costs (imports, the store's tables, allocator growth) land on neither
+    ratios, tracked_s, untracked_s, hook_s = [], [], [], []
+    for _ in range(blocks):
+        t1, u1, u2, t2 = fit(True), fit(False), fit(False), fit(True)
+        ratios.append((t1[0] + t2[0]) / (u1[0] + u2[0]))
+        tracked_s += [t1[0], t2[0]]
+        untracked_s += [u1[0], u2[0]]
+        hook_s += [t1[1], t2[1]]
+    harness.print_result({
+        "framework": "track", "mode": config.split(":")[1], "model": model, "pairs": blocks,
+        "tracked_over_untracked": ratios, "tracked_ms_per_step": [1e3 * s for s in tracked_s],
+        "untracked_ms_per_step": [1e3 * s for s in untracked_s], "hook_us_per_step": [1e6 * s for s in hook_s],
+        "steps_per_epoch": common.STEPS_PER_EPOCH,
+    })  # fmt: skip
+
+
 def child_main(argv: list[str]) -> None:
     """``child --config C --model M --peers DIR [--timed-epochs N] [--threads T]``: one run, one RESULT line."""
     parser = argparse.ArgumentParser(prog="train_overhead.py child")
@@ -371,6 +440,8 @@ def child_main(argv: list[str]) -> None:
         run_paired(f"kiln:{mode}", args.model, common)
     elif framework == "abba":
         run_alternating(f"kiln:{mode}", args.model, common)
+    elif framework == "track":
+        run_tracked(f"kiln:{mode}", args.model, common)
     else:
         run_own(args.config, args.model, common)
 
@@ -413,7 +484,9 @@ def per_rep_ratios(rows: list[dict[str, Any]], model: str, config: str, key: str
 
 
 def speed_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    configs = [c for c in ALL_CONFIGS if not c.startswith(("pair:", "abba:")) and any(r["config"] == c for r in rows)]
+    configs = [
+        c for c in ALL_CONFIGS if not c.startswith(("pair:", "abba:", "track:")) and any(r["config"] == c for r in rows)
+    ]
     fmt, median = harness.fmt, harness.median
     cells = []
     for model, config in itertools.product(MODELS, configs):
@@ -467,6 +540,37 @@ def paired_table(rows: list[dict[str, Any]], prefix: str, caption: str) -> dict[
     return harness.table(columns, cells, caption=caption)
 
 
+def tracking_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    configs = [c for c in ALL_CONFIGS if c.startswith("track:") and any(r["config"] == c for r in rows)]
+    median, fmt = harness.median, harness.fmt
+    cells = []
+    for model, config in itertools.product(MODELS, configs):
+        ok = [r for r in rows if r["model"] == model and r["config"] == config and "tracked_over_untracked" in r]
+        if not ok:
+            continue
+        ratios = [x for r in ok for x in r["tracked_over_untracked"]]
+        tracked = statistics.median(x for r in ok for x in r["tracked_ms_per_step"])
+        untracked = statistics.median(x for r in ok for x in r["untracked_ms_per_step"])
+        low, high = harness.middle_half(ratios)
+        hook = median(x for r in ok for x in r["hook_us_per_step"])
+        cells.append([
+            model, config.replace("track:", "kiln:"), str(len(ok)), str(len(ratios)), fmt(untracked, ".3f"),
+            fmt(tracked, ".3f"), f"**{median(ratios):.3f}**", f"{low:.3f} – {high:.3f}",
+            f"{1e3 * (tracked - untracked):.0f}", fmt(hook, ".0f"),
+        ])  # fmt: skip
+    columns = ["model", "kiln config", "runs", "ABBA blocks", "untracked ms/step, CPU", "tracked ms/step, CPU",
+               "tracked ÷ untracked, CPU", "middle half of the blocks", "difference µs/step",
+               "inside tracking's epoch end µs/step"]  # fmt: skip
+    caption = (
+        "Tracking (track:*): whole fits with and without run tracking in one process, alternating tracked, "
+        "untracked, untracked, tracked, each on a fresh copy. ms/step: median over fits of the median epoch's "
+        "CPU time per step (each epoch window holds one epoch-end store write); tracked ÷ untracked: median "
+        "over blocks. The last column is the CPU time inside the tracker's epoch-end hook (sampled losses to "
+        "numbers, epoch logs, the store transaction) spread over the epoch's steps, timed directly."
+    )
+    return harness.table(columns, cells, caption=caption)
+
+
 def import_table(times: dict[str, list[float]]) -> tuple[dict[str, Any], float | None]:
     medians = {name: harness.median(values) for name, values in times.items()}
     cells = [[name, str(len(v)), harness.fmt(medians[name], ".3f"), harness.fmt(min(v, default=None), ".3f")]
@@ -504,6 +608,12 @@ def target_lines(rows: list[dict[str, Any]], import_over: float | None) -> list[
     if import_over is not None:
         lines.append(f"- `import kiln` ≤ {TARGET_IMPORT_S} s over `import torch`: {import_over:.3f} s — "
                      f"{verdict(import_over <= TARGET_IMPORT_S)}")  # fmt: skip
+    for model, config in itertools.product(MODELS, [c for c in ALL_CONFIGS if c.startswith("track:")]):
+        ratio = harness.median(x for r in rows if r["model"] == model and r["config"] == config
+                               for x in r.get("tracked_over_untracked", []))  # fmt: skip
+        if ratio is not None:
+            lines.append(f"- tracking ≤ {TARGET_TRACKING - 1:.0%} of a step, {config}, {model}: {ratio - 1:+.1%} — "
+                         f"{verdict(ratio <= TARGET_TRACKING)}")  # fmt: skip
     for config, model in itertools.product(("kiln:loader", "kiln:array"), MODELS):
         ratio = harness.median(per_rep_ratios(rows, model, config, "peak_rss_mb"))
         if ratio is not None:
@@ -517,7 +627,8 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[st
     steps = ", ".join(f"{m} {22 * meta['timed_epochs'][m]}" for m in MODELS)
     pairs = ", ".join(f"{m} {meta['paired_epochs'][m]}" for m in MODELS)
     peers = "" if meta.get("peer_reps") is None else f", Lightning and Keras in the first {meta['peer_reps']} of them"
-    tables = [speed_table(rows)]
+    speed = speed_table(rows)
+    tables = [speed] if speed["rows"] else []
     if any(r["config"].startswith("pair:") for r in rows):
         tables.append(paired_table(rows, "pair:", (
             "Paired runs (pair:*): one process trains two copies of the network with the same initial weights, "
@@ -531,6 +642,8 @@ def summarize(meta: dict[str, Any], rows: list[dict[str, Any]], imports: dict[st
             "copy of the network, in the order kiln, loop, loop, kiln; kiln ÷ loop per block = (loop time of its two "
             "fits) ÷ (kiln time of its two fits), median over the blocks of the reps. Each fit includes its setup "
             "and warm-up epoch.")))  # fmt: skip
+    if any(r["config"].startswith("track:") for r in rows):
+        tables.append(tracking_table(rows))
     import_over = None
     if imports:
         spec, import_over = import_table(imports)
@@ -628,6 +741,9 @@ def main() -> None:
             message = result.get("error")
             if "cpu_ratios" in result:
                 message = f"kiln ÷ loop {statistics.median(result['cpu_ratios']):.3f} CPU over {result['pairs']} pairs"
+            elif "tracked_over_untracked" in result:
+                message = (f"tracked ÷ untracked {statistics.median(result['tracked_over_untracked']):.3f} CPU over "
+                           f"{result['pairs']} blocks")  # fmt: skip
             elif RATE in result:
                 message = (
                     f"{result[RATE]:7.1f} steps/s CPU  RSS {result['peak_rss_mb']:.0f} MB  acc {result['test_acc']:.3f}"
