@@ -72,7 +72,11 @@ def _on_sqlite_begin(connection: Connection) -> None:
     if mode == "read":
         connection.exec_driver_sql("BEGIN")
         return
-    connection.exec_driver_sql(f"PRAGMA synchronous = {'FULL' if mode == 'durable' else 'NORMAL'}")
+    synchronous = "FULL" if mode == "durable" else "NORMAL"
+    info = connection.connection.info  # lives with the pooled SQLite connection: set the pragma when it changes
+    if info.get("kiln_synchronous") != synchronous:
+        connection.exec_driver_sql(f"PRAGMA synchronous = {synchronous}")
+        info["kiln_synchronous"] = synchronous
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -170,6 +174,33 @@ def upsert(
         connection.exec_driver_sql(sql, [tuple(row[c] for c in order) for row in rows])
 
 
+_COMPILED: dict[tuple[Any, ...], tuple[str, list[str] | None]] = {}  # (dialect, key) -> SQL, positional order
+
+
+def execute_cached(
+    connection: Connection, key: Any, build: Callable[[], Any], params: dict[str, Any] | list[dict[str, Any]]
+) -> None:
+    """Run the statement ``build()`` makes, compiled once per dialect and ``key``, through the driver.
+
+    For the statements a training run repeats every flush (its heartbeat, its metric rows): SQLAlchemy's execution
+    walks a statement's cache key on every call, which cost more CPU than SQLite's own work for a small flush.
+    ``params`` is one row of bind values (or a list of them, for executemany), by bind-parameter name.
+    """
+    cache_key = (connection.dialect.name, key)
+    found = _COMPILED.get(cache_key)
+    if found is None:
+        columns = list(params[0] if isinstance(params, list) else params)
+        compiled: Any = build().compile(dialect=connection.dialect, column_keys=columns)
+        found = _COMPILED[cache_key] = (str(compiled), list(compiled.positiontup) if compiled.positional else None)
+    sql, order = found
+    rows = params if isinstance(params, list) else [params]
+    if order is not None:
+        arguments: Any = [tuple(row[c] for c in order) for row in rows]
+    else:
+        arguments = rows
+    connection.exec_driver_sql(sql, arguments if isinstance(params, list) else arguments[0])
+
+
 def insert_rows(connection: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert many rows at once: an executemany on SQLite, ``COPY ... FROM STDIN`` on PostgreSQL.
 
@@ -179,7 +210,7 @@ def insert_rows(connection: Connection, table: sa.Table, rows: list[dict[str, An
     if not rows:
         return
     if connection.dialect.name != "postgresql":
-        connection.execute(table.insert(), rows)
+        execute_cached(connection, ("insert", table.name, tuple(rows[0])), table.insert, rows)
         return
     quote = connection.dialect.identifier_preparer.quote
     columns = list(rows[0])

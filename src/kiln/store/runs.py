@@ -238,7 +238,11 @@ def insert_metrics(connection: Connection, run_id: str, rows: Iterable[MetricRow
               for key, step, value, epoch in written]  # fmt: skip
     dialects.insert_rows(connection, metrics, values)
     add_rollups(connection, run_id, summarise(((key, step, value, now) for key, step, value, _ in written), LEVELS))
-    connection.execute(runs.update().where(runs.c.id == run_id).values(heartbeat=now))
+    dialects.execute_cached(connection, "heartbeat", _heartbeat, {"run_id": run_id, "now": now})
+
+
+def _heartbeat() -> sa.Update:
+    return runs.update().where(runs.c.id == sa.bindparam("run_id")).values(heartbeat=sa.bindparam("now"))
 
 
 def latest_metrics(connection: Connection, run_ids: list[str]) -> dict[str, dict[str, float]]:
