@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +19,8 @@ from kiln.train.doctor import GradientDoctor
 from kiln.train.doctor_record import DOCTOR_ARTIFACT
 from kiln.ui.run import DOCTOR_ARTIFACT as UI_DOCTOR_ARTIFACT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from .conftest import CHROMIUM, serve_ui
+
 LINEAR = [str(i) for i in range(0, 17, 2)]  # the deep sigmoid MLP's Linear layers, by their module paths
 
 
@@ -52,20 +50,8 @@ def watched(digits: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
         sick = _fit(store, nn.Sequential(*layers, nn.Linear(32, 10)), digits, "deep-sigmoid", optimizer="sgd", lr=0.1)
         healthy = _fit(store, nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)), digits, "relu-mlp",
                        optimizer="adamw", lr=1e-3)  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "kiln.cli", "ui", "--store", str(path), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline()  # printed once the port is bound
-    try:
-        if "serving read-only at http://127.0.0.1:" not in line:
-            raise AssertionError(f"kiln ui did not start: {line}{process.stdout.read()}")
-        yield Watched(line.split(" at ")[1].split()[0].rstrip("/"), sick, healthy)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        process.stdout.close()
+    with serve_ui(path) as url:
+        yield Watched(url, sick, healthy)
 
 
 def test_the_run_page_lists_the_finding_and_charts_the_update_ratios(watched: Watched) -> None:
