@@ -13,7 +13,7 @@ from .protocol import Decoded, decode_declared, decode_v1
 from .runtime import LoadedRuntime, load_runtime
 from .tensors import RequestError
 
-__all__ = ["Prediction", "predict_local", "run_local"]
+__all__ = ["Prediction", "predict_local", "run_loaded", "run_local"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def run_local(
         ['sports']
     """
     loaded = load_runtime(reference, store=store, runtime=runtime, threads=threads, trust=trust)
-    return _run(loaded, inputs, file, media)
+    return run_loaded(loaded, inputs, file, media)
 
 
 def predict_local(
@@ -66,7 +66,9 @@ def predict_local(
     return run_local(reference, inputs, store=store, runtime=runtime, threads=threads, trust=trust).outputs
 
 
-def _run(loaded: LoadedRuntime, inputs: Any, file: bytes | None, media: str | None) -> Prediction:
+def run_loaded(loaded: LoadedRuntime, inputs: Any, file: bytes | None = None, media: str | None = None) -> Prediction:
+    """:func:`run_local` with a runtime already loaded (the UI's Try-it panel keeps a few): one implementation of
+    the declared preprocessing and labels; bad input is a :class:`~kiln.errors.DataError` that says why."""
     from ..errors import DataError
 
     steps = loaded.steps
