@@ -22,7 +22,7 @@ from ..store import ModelVersion, VerifyReport, parse_reference
 from ..store.names import check_alias, check_name
 from .context import Ui, json_response, view
 from .pages import HttpError, as_int, read_body, read_form
-from .tryit import MAX_INPUT_BYTES, example_input, predict_impl
+from .tryit import MAX_INPUT_BYTES, panel, predict_impl
 
 __all__ = ["VERIFY_EVERY_S", "gallery_impl", "model_impl", "routes", "version_impl"]
 
@@ -82,9 +82,9 @@ def version_impl(ui: Ui, name: str, version: int) -> dict[str, Any]:
     verified_at, report = _verified(ui, found)
     trust = version_trust(ui.store, [found], env_trust())[0]
     children = [v.reference for v in ui.store.versions(name) if v.parent == found.reference]
-    example = json.dumps(example_input(found.signature), separators=(", ", ": "))
+    tryit = panel(ui.store, found)
     return {"version": found, "verify": report, "verified_at": verified_at, "trust": trust, "children": children,
-            "example": example, "parent_link": _parent_link(found.parent),
+            "example": tryit["example"], "tryit": tryit, "parent_link": _parent_link(found.parent),
             "onnx": "model.onnx" in found.files}  # fmt: skip
 
 

@@ -480,20 +480,49 @@
     const output = document.getElementById("tryit-output");
     const latency = document.getElementById("tryit-latency");
     const button = document.getElementById("tryit-run");
+    const labels = document.getElementById("tryit-labels");
+    const file = document.getElementById("tryit-file");
     if (!input || !button) return;
+    const fail = (message) => {
+      output.className = "output error";
+      output.textContent = message;
+      if (labels) labels.textContent = "–";
+    };
+    if (file) {
+      // A declared audio/image step: the chosen file goes, base64, into the JSON the server takes.
+      file.addEventListener("change", () => {
+        const chosen = file.files && file.files[0];
+        if (!chosen) return;
+        const limit = Number(root.dataset.maxFileBytes);
+        if (chosen.size > limit) {
+          fail("That file is " + chosen.size + " bytes; the server takes at most " + limit + ".");
+          file.value = "";
+          return;
+        }
+        const reader = new FileReader();
+        reader.addEventListener("load", () => {
+          const url = String(reader.result);
+          input.value = JSON.stringify({ inputs: [{ b64: url.slice(url.indexOf(",") + 1) }] });
+          output.className = "output";
+          output.textContent = "Press Predict.";
+        });
+        reader.addEventListener("error", () => fail("Could not read that file."));
+        reader.readAsDataURL(chosen);
+      });
+    }
     button.addEventListener("click", async () => {
       let body;
       try {
         body = JSON.parse(input.value);
       } catch (error) {
-        output.className = "output error";
-        output.textContent = "That is not valid JSON: " + error.message;
+        fail("That is not valid JSON: " + error.message);
         return;
       }
       button.disabled = true;
       output.className = "output";
       output.textContent = "Running…";
       latency.textContent = "";
+      if (labels) labels.textContent = "…";
       try {
         const response = await fetch(root.dataset.url, {
           method: "POST", credentials: "same-origin",
@@ -501,13 +530,16 @@
         });
         const answer = await response.json();
         if (!response.ok) throw new Error(answer.error || response.statusText);
+        if (labels) {
+          const names = answer.labels;
+          labels.textContent = Array.isArray(names) ? names.join(", ") : String(names ?? "–");
+        }
         output.textContent = pretty(answer.outputs);
         output.dataset.outputs = JSON.stringify(answer.outputs);
         latency.textContent = answer.latency_ms.toFixed(2) + " ms with " + answer.runtime +
           (answer.load_ms > 5 ? " (first call loaded the model: " + answer.load_ms.toFixed(0) + " ms)" : "");
       } catch (error) {
-        output.className = "output error";
-        output.textContent = String(error.message || error);
+        fail(String(error.message || error));
       } finally {
         button.disabled = false;
       }
