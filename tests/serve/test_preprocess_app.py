@@ -48,14 +48,10 @@ def classes(*names: str) -> dict:
     return {"type": "classes", "names": list(names)}
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    """Four small models, each registered with a declared input step and class names."""
-    path = tmp_path_factory.mktemp("preprocess-store")
-    torch.manual_seed(0)
-    vocabulary = Vocabulary.build(CORPUS)
+def topic_model(vocabulary: Vocabulary) -> nn.Sequential:
+    """An embedding bag over ``vocabulary`` whose label is fixed by hand: sports words -> class 0, weather -> 1."""
     text = nn.Sequential(nn.EmbeddingBag(len(vocabulary), 8, mode="mean", padding_idx=0), nn.Linear(8, 2)).eval()
-    with torch.no_grad():  # sports words push towards class 0, weather words towards class 1
+    with torch.no_grad():
         text[0].weight.zero_()
         for word in ("striker", "goal", "fans", "team"):
             text[0].weight[vocabulary.encode(word)[0], 0] = 1.0
@@ -63,6 +59,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
             text[0].weight[vocabulary.encode(word)[0], 1] = 1.0
         text[1].weight.copy_(torch.eye(2, 8))
         text[1].bias.zero_()
+    return text
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
+    """Four small models, each registered with a declared input step and class names."""
+    path = tmp_path_factory.mktemp("preprocess-store")
+    torch.manual_seed(0)
+    vocabulary = Vocabulary.build(CORPUS)
+    text = topic_model(vocabulary)
     audio = nn.Sequential(nn.Flatten(), nn.Linear(80, 3)).eval()  # (B, 1, 80) samples at 8 kHz
     image = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()  # (B, 3, 4, 4)
     rows = nn.Linear(3, 2).eval()

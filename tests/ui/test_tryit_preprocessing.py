@@ -26,16 +26,12 @@ from kiln.export import register_module
 from kiln.export.preprocess import FORMAT
 from kiln.serve.local import run_local
 from kiln.store import Store
+from serve.test_preprocess_app import CORPUS, classes, topic_model  # tests/serve: the hand-set topic model
 
 from .conftest import CHROMIUM, HOSTILE_NAME, Client, make_client, serve_ui
 
 TOPICS = ["sports", "weather"]
-CORPUS = ["the striker scored a goal", "the fans cheered the team", "rain and wind tonight", "a storm with thunder"]
 MEAN = [100.0, -5.0, 0.5]
-
-
-def classes(*names: str) -> dict[str, Any]:
-    return {"type": "classes", "names": list(names)}
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +40,10 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``tabular`` (standardized rows), each registered with its declared preprocessing."""
     path = tmp_path_factory.mktemp("tryit-preprocess") / "store"
     vocabulary = Vocabulary.build(CORPUS)
-    text = nn.Sequential(nn.EmbeddingBag(len(vocabulary), 8, mode="mean", padding_idx=0), nn.Linear(8, 2)).eval()
+    text = topic_model(vocabulary)  # sports words -> class 0, weather words -> class 1
     image = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).eval()
     rows = nn.Linear(3, 2).eval()
-    with torch.no_grad():  # sports words push towards class 0, weather words towards class 1
-        text[0].weight.zero_()
-        for word in ("striker", "goal", "fans", "team"):
-            text[0].weight[vocabulary.encode(word)[0], 0] = 1.0
-        for word in ("rain", "wind", "storm", "thunder"):
-            text[0].weight[vocabulary.encode(word)[0], 1] = 1.0
-        text[1].weight.copy_(torch.eye(2, 8))
-        text[1].bias.zero_()
+    with torch.no_grad():
         image[1].weight.zero_()
         image[1].bias.copy_(torch.tensor([0.0, 1.0]))
     text_step = {"type": "text", "tokenizer": "word", "vocabulary": vocabulary.state_dict()["tokens"], "max_length": 6}
