@@ -56,7 +56,8 @@ def test_non_finite_loss_names_epoch_and_batch():
     x = torch.randn(64, 4)
     x[37] = float("nan")  # batch 37 // 8 = 4 of the unshuffled epoch
     model = kiln.Model(nn.Linear(4, 1), loss="mse")
-    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 0, batch 4"):
+    # checked at the epoch's end (batch 7), the step counted back to batch 4's: the fifth optimizer step
+    with pytest.raises(NonFiniteLossError, match=r"nan at epoch 0, batch 4 \(optimizer step 5\)"):
         model.fit((x, torch.randn(64)), epochs=1, batch_size=8, shuffle=False, verbose=0)
     assert model.fit_status == "failed"
 

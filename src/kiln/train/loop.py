@@ -261,9 +261,13 @@ class FitLoop:
         if bool(finite.all()):
             return
         index = len(losses) - len(recent) + int((~finite).nonzero()[0, 0])
+        # The check runs every few batches: count back from the batch just done (the step the doctor also names).
+        later, accumulate = len(losses) - 1 - index, self.options.accumulate
+        step = self.model.global_step - later // accumulate
+        where = f"optimizer step {step}" if accumulate == 1 else f"around optimizer step {step}"
         raise NonFiniteLossError(
-            f"the loss became {float(losses[index])} at epoch {epoch}, batch {index} (around optimizer step "
-            f"{self.model.global_step}). Lower the learning rate, "
+            f"the loss became {float(losses[index])} at epoch {epoch}, batch {index} ({where}). "
+            "Lower the learning rate, "
             "set clip_grad_norm (e.g. 1.0), pass on_nonfinite='skip', or check that batch's inputs for NaN/Inf."
         )
 
