@@ -110,7 +110,9 @@ def test_a_killed_study_resumes_without_losing_or_repeating_a_trial(tmp_path: Pa
     runs = {run.id: run for run in store.runs(name="crash", limit=100)}
     for number in killed:  # a trial killed before its run started has none
         if "kiln_run_id" in after[number].user_attrs:
-            assert runs[after[number].user_attrs["kiln_run_id"]].status == "killed"
+            # The run is marked killed, or it had finished: a kill can fall after the trial's run wrote its end and
+            # before Optuna was told (the trial still runs again). Never left "running".
+            assert runs[after[number].user_attrs["kiln_run_id"]].status in ("killed", "finished")
     assert {runs[t.user_attrs["kiln_run_id"]].status for t in after.values() if t.state.name == "COMPLETE"} == {
         "finished"
     }
