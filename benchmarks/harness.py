@@ -477,6 +477,13 @@ def raw_dir(args: argparse.Namespace, question: str) -> Path:
     return path
 
 
+def publish(args: argparse.Namespace, *, question: str, title: str, record: dict[str, Any]) -> Path:
+    """Print the run's tables and write it (finished: load averages, changed sources) to its result file."""
+    for spec in record["tables"]:
+        print(f"\n{spec['caption']}\n\n{markdown_table(spec)}")
+    return write_result(result_path(args, question), question=question, title=title, run=finish_run(record))
+
+
 def write_result(path: Path, *, question: str, title: str, run: dict[str, Any]) -> Path:
     """Replace the run named ``run["name"]`` in the result file at ``path`` (keeping the others), atomically."""
     document: dict[str, Any] = {"question": question, "title": title, "script": f"benchmarks/{question}.py", "runs": []}

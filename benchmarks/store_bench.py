@@ -407,10 +407,7 @@ def main() -> None:
         + ("" if mlflow is None else f"; MLflow from `{mlflow_python}`")
     )
     record.update(tables=specs, summary={"registry": registry, "mlflow": mlflow, "tracking": tracking})
-    for spec in specs:
-        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
-    path = harness.result_path(args, QUESTION)
-    harness.write_result(path, question=QUESTION, title=TITLE, run=harness.finish_run(record))
+    harness.publish(args, question=QUESTION, title=TITLE, record=record)
 
 
 def backends(args: argparse.Namespace) -> None:
@@ -429,10 +426,7 @@ def backends(args: argparse.Namespace) -> None:
     )
     spreads = {b: {k: harness.spread(v) for k, v in found.items()} for b, found in result["samples"].items()}
     record.update(tables=specs, summary={**{k: v for k, v in result.items() if k != "samples"}, "spread": spreads})
-    for spec in specs:
-        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
-    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
-                         run=harness.finish_run(record))  # fmt: skip
+    harness.publish(args, question=QUESTION, title=TITLE, record=record)
 
 
 # ---------------------------------------------------------------------------------------------------- rollups
@@ -528,10 +522,7 @@ def rollups(args: argparse.Namespace) -> None:
                                 "PostgreSQL: a throwaway local cluster with fsync on")  # fmt: skip
     record.update(tables=specs, summary={"samples": {k: harness.spread(v) for k, v in samples.items()},
                                          "cost": cost, "rows": rows})  # fmt: skip
-    for spec in specs:
-        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
-    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
-                         run=harness.finish_run(record))  # fmt: skip
+    harness.publish(args, question=QUESTION, title=TITLE, record=record)
 
 
 if __name__ == "__main__":

@@ -294,9 +294,7 @@ def series_only(args: argparse.Namespace) -> None:
     )  # fmt: skip
     record["conditions"].append(f"medians of {args.reps} rotated reps after one warm-up round; 1 thread")
     record.update(tables=[spec], summary=result)
-    print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
-    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
-                         run=harness.finish_run(record))  # fmt: skip
+    harness.publish(args, question=QUESTION, title=TITLE, record=record)
 
 
 # ---------------------------------------------------------------------------------------------------- 3. live
@@ -404,10 +402,7 @@ def main() -> None:
         f"1 thread; medians of {args.reps} reps ({args.updates} live updates); Chromium {CHROMIUM}"
     )
     record.update(tables=specs, summary={"list": listing, "paint": paint, "series": series, "live": live})
-    for spec in specs:
-        print(f"\n{spec['caption']}\n\n{harness.markdown_table(spec)}")
-    harness.write_result(harness.result_path(args, QUESTION), question=QUESTION, title=TITLE,
-                         run=harness.finish_run(record))  # fmt: skip
+    harness.publish(args, question=QUESTION, title=TITLE, record=record)
 
 
 if __name__ == "__main__":
